@@ -38,7 +38,9 @@ def postgres_conninfo(conn_id: str) -> str:
             "'postgres' connection."
         )
     extra = conn.extra_dejson or {}
-    options = {key: extra[key] for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "options") if key in extra}
+    options = {
+        key: extra[key] for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "options") if key in extra
+    }
     return make_conninfo(
         host=conn.host or "127.0.0.1",
         port=conn.port or 5432,
@@ -62,9 +64,8 @@ def s3_settings(conn_id: str) -> S3Settings:
         "addressing_style", "path"
     )
     return S3Settings(
-        endpoint_url=extra.get("endpoint_url") or (extra.get("service_config", {}).get("s3", {}) or {}).get(
-            "endpoint_url"
-        ),
+        endpoint_url=extra.get("endpoint_url")
+        or (extra.get("service_config", {}).get("s3", {}) or {}).get("endpoint_url"),
         region_name=extra.get("region_name") or "us-east-1",
         access_key_id=conn.login or extra.get("aws_access_key_id"),
         secret_access_key=conn.password or extra.get("aws_secret_access_key"),

@@ -168,8 +168,7 @@ def _check_value(path: tuple[str, ...], default: Any, value: Any) -> Any:
         )
     if not isinstance(value, types):
         raise ConfigurationError(
-            f"Configuration key '{dotted}' must be {_type_name(types)}, got {type(value).__name__} "
-            f"{value!r}."
+            f"Configuration key '{dotted}' must be {_type_name(types)}, got {type(value).__name__} {value!r}."
         )
     return value
 
@@ -180,15 +179,11 @@ def _merge(path: tuple[str, ...], defaults: Mapping[str, Any], overrides: Mappin
         if key not in defaults:
             where = ".".join((*path, key))
             known = ", ".join(sorted(defaults))
-            raise ConfigurationError(
-                f"Unknown configuration key '{where}'. Known keys here: {known}."
-            )
+            raise ConfigurationError(f"Unknown configuration key '{where}'. Known keys here: {known}.")
         default = defaults[key]
         if isinstance(default, dict):
             if not isinstance(value, Mapping):
-                raise ConfigurationError(
-                    f"Configuration key '{'.'.join((*path, key))}' must be an object."
-                )
+                raise ConfigurationError(f"Configuration key '{'.'.join((*path, key))}' must be an object.")
             merged[key] = _merge((*path, key), default, value)
         else:
             merged[key] = _check_value((*path, key), default, value)
@@ -284,7 +279,9 @@ def _validate_semantics(data: dict[str, Any]) -> None:
             f"storage.part_size_bytes {storage['part_size_bytes']} is below S3's 5 MiB minimum part size."
         )
     if storage["multipart_threshold_bytes"] < storage["part_size_bytes"]:
-        raise ConfigurationError("storage.multipart_threshold_bytes must be at least storage.part_size_bytes.")
+        raise ConfigurationError(
+            "storage.multipart_threshold_bytes must be at least storage.part_size_bytes."
+        )
     offload = data["offload"]
     for key in ("limit", "batch_rows", "max_batch_bytes", "max_batches", "workers_per_batch"):
         if offload[key] < 1:

@@ -83,7 +83,9 @@ def classify_pg_error(error: Exception, action: str) -> Exception:
         return PermanentError(
             f"Could not {action}: {text}. Check the Postgres connection's login, password and database."
         )
-    if isinstance(error, psycopg.OperationalError | psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+    if isinstance(
+        error, psycopg.OperationalError | psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable
+    ):
         return TransientError(f"Could not {action}: {text}")
     if sqlstate and sqlstate.startswith(("08", "57", "40", "53")):
         return TransientError(f"Could not {action}: {text}")

@@ -51,10 +51,12 @@ def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
             )
             """
         ).format(sql.Identifier(schema)),
-        sql.SQL("CREATE INDEX IF NOT EXISTS ledger_row_idx ON {}.ledger (table_name, row_id, entry_id)").format(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS ledger_row_idx ON {}.ledger (table_name, row_id, entry_id)"
+        ).format(sql.Identifier(schema)),
+        sql.SQL("CREATE INDEX IF NOT EXISTS ledger_run_idx ON {}.ledger (run_id)").format(
             sql.Identifier(schema)
         ),
-        sql.SQL("CREATE INDEX IF NOT EXISTS ledger_run_idx ON {}.ledger (run_id)").format(sql.Identifier(schema)),
     ]
     # Two workers creating the schema at once can collide on the catalog's unique index even
     # with IF NOT EXISTS; an advisory transaction lock serialises the creation.
@@ -88,8 +90,19 @@ def record(
             "INSERT INTO {}.ledger (attempt_id, run_id, batch_id, table_name, row_id, operation, outcome,"
             " object_key, size_bytes, sha256, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         ).format(sql.Identifier(schema)),
-        (attempt_id, run_id, batch_id, table_name, row_id, operation, outcome, object_key, size_bytes,
-         sha256, detail),
+        (
+            attempt_id,
+            run_id,
+            batch_id,
+            table_name,
+            row_id,
+            operation,
+            outcome,
+            object_key,
+            size_bytes,
+            sha256,
+            detail,
+        ),
     )
 
 
@@ -106,8 +119,13 @@ def latest_offloads(
     with conn.cursor() as cur:
         cur.execute(query, (table_name, row_ids, row_ids))
         return {
-            row[0]: {"object_key": row[1], "size_bytes": row[2], "sha256": row[3], "run_id": row[4],
-                     "recorded_at": row[5]}
+            row[0]: {
+                "object_key": row[1],
+                "size_bytes": row[2],
+                "sha256": row[3],
+                "run_id": row[4],
+                "recorded_at": row[5],
+            }
             for row in cur.fetchall()
         }
 

@@ -42,8 +42,18 @@ PERMANENT_CODES = {
     "KMS.NotFoundException": "the KMS key does not exist",
 }
 TRANSIENT_CODES = {
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
-    "Throttling", "ThrottlingException", "OperationAborted", "503", "500", "502", "504",
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "OperationAborted",
+    "503",
+    "500",
+    "502",
+    "504",
 }
 
 
@@ -174,8 +184,12 @@ def classify_s3_error(error: BaseException, what: str, bucket: str | None = None
         )
     if isinstance(
         error,
-        bc.ConnectionClosedError | bc.ReadTimeoutError | bc.ConnectTimeoutError | bc.ResponseStreamingError
-        | bc.IncompleteReadError | bc.HTTPClientError,
+        bc.ConnectionClosedError
+        | bc.ReadTimeoutError
+        | bc.ConnectTimeoutError
+        | bc.ResponseStreamingError
+        | bc.IncompleteReadError
+        | bc.HTTPClientError,
     ):
         return TransientError(f"S3 {what}{where}: {type(error).__name__}: {error}")
     if isinstance(error, ConnectionError | TimeoutError | OSError):
@@ -210,8 +224,14 @@ def call_with_retries(
         if isinstance(classified, PermanentError) or attempt >= policy.max_attempts:
             raise classified
         delay = policy.delay(attempt)
-        log.warning("Retrying %s in %.2f s (attempt %d of %d): %s", what, delay, attempt + 1,
-                    policy.max_attempts, classified)
+        log.warning(
+            "Retrying %s in %.2f s (attempt %d of %d): %s",
+            what,
+            delay,
+            attempt + 1,
+            policy.max_attempts,
+            classified,
+        )
         if on_retry:
             on_retry(attempt, classified)
         time.sleep(delay)

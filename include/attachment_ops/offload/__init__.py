@@ -1,0 +1,1 @@
+"""Offload of inline attachment bytes to S3: plan, batch worker, restore and run summary."""
