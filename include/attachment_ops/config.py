@@ -71,23 +71,51 @@ DEFAULTS: dict[str, Any] = {
         "ledger_schema": "attachment_ops",
     },
     "preflight": {
+        # Extra paths to check, each a path string or {"path": ..., "label": ..., "headroom": [...]}
+        # where headroom lists "offload" and/or "rewrite", the planned work that lands on that disk.
+        # A plain string gets both, because the package cannot know what lives there.
         "disk_paths": [],
+        # Also check the temp directory, the Airflow log folder, and the Docker data root and the
+        # Postgres data directory when they are on this host.
+        "disk_default_paths": True,
+        # Free space: WARN or FAIL when below either the percent or the byte threshold.
+        # 15% is kubelet's imagefs.available eviction level, 5% node_exporter's warning level.
+        # 2 GiB: the incident host died with 1.1 GiB free.
         "disk_warn_free_percent": 15.0,
         "disk_fail_free_percent": 5.0,
         "disk_warn_free_bytes": 10 * GIB,
         "disk_fail_free_bytes": 2 * GIB,
+        # 5% is kubelet's nodefs.inodesFree eviction level.
         "inode_warn_free_percent": 10.0,
         "inode_fail_free_percent": 5.0,
+        # The offload's planned bytes (in flight, temp and WAL) are multiplied by this factor
+        # before they are subtracted from the free space; a full reclaim uses
+        # reclaim.rewrite_headroom_factor instead.
         "headroom_factor": 2.0,
+        # Time to full: a linear fit over the free-space samples of the last fill_window_hours
+        # (node_exporter's predict_linear uses 6 h); WARN when full within fill_warn_hours.
         "fill_warn_hours": 24.0,
+        "fill_window_hours": 6.0,
+        "fill_min_samples": 3,
+        # docker_enabled false skips the Docker checks. An unreachable engine is a FAIL when
+        # docker_required is true and a WARN otherwise.
+        "docker_enabled": True,
         "docker_required": False,
+        # null means DOCKER_HOST from the environment, else the default local socket.
         "docker_host": None,
         "docker_timeout_seconds": 10,
+        # GET /system/df walks every layer and volume and can take minutes on a large host.
         "docker_df_timeout_seconds": 60,
+        # An image present locally with a POSIX df (busybox works); the probe runs `df -P -k /`
+        # in a throwaway container with --network none and never pulls. null skips the probe.
         "docker_vm_probe_image": None,
+        "docker_vm_probe_timeout_seconds": 30,
         "docker_vm_warn_free_bytes": 5 * GIB,
         "docker_vm_fail_free_bytes": 2 * GIB,
+        "postgres_timeout_seconds": 10,
+        # Transactions older than this, and sessions idle in a transaction, hold back VACUUM.
         "postgres_old_transaction_seconds": 300,
+        "s3_timeout_seconds": 10,
         "s3_probe_prefix": "_preflight/",
     },
     "verification": {
