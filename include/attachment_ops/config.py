@@ -138,11 +138,17 @@ DEFAULTS: dict[str, Any] = {
         "warmup": 2,
         "samples": 12,
         "timeout_seconds": 10.0,
+        # An endpoint is abandoned after this many timeouts or refused connections in a row.
+        "abort_after_errors": 3,
         "large_payload_bytes": 100000,
+        # Coefficient of variation (stddev / mean) above which an endpoint is flagged as spread.
+        "high_spread_cv": 0.5,
         "regression_percent": 20.0,
         "regression_min_ms": 2.0,
         "fail_on_regression": False,
         "baseline_runs": 5,
+        # Past runs drawn in the trend chart of each report.
+        "trend_runs": 20,
         "prefix": "reports/",
         "sql_probes": [],
         "probe_timeout_ms": 5000,
