@@ -28,6 +28,13 @@ DEFAULTS: dict[str, Any] = {
         "api": "app_api",
         "api_proxy": "app_api_proxy",
     },
+    "alerts": {
+        # The task log always gets the alert; these add e-mail or Slack when set.
+        "email_to": [],
+        "smtp_conn_id": None,
+        "slack_webhook_conn_id": None,
+        "notify_on_warn": True,
+    },
     "attachments": {
         "table": "public.document_attachments",
         "primary_key": "id",
@@ -158,6 +165,8 @@ DEFAULTS: dict[str, Any] = {
 
 # Leaves whose default is null but which take a value of a known type.
 _TYPES_FOR_NULL_DEFAULTS: dict[tuple[str, str], tuple[type, ...]] = {
+    ("alerts", "smtp_conn_id"): (str,),
+    ("alerts", "slack_webhook_conn_id"): (str,),
     ("attachments", "created_at_column"): (str,),
     ("attachments", "content_type_column"): (str,),
     ("attachments", "filename_column"): (str,),
