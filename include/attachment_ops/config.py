@@ -132,6 +132,8 @@ DEFAULTS: dict[str, Any] = {
         "reread_max_bytes": 1 * GIB,
         "orphan_grace_hours": 24,
         "delete_orphans": False,
+        # Concurrent HEAD and GET requests while checking objects.
+        "workers": 4,
     },
     "reclaim": {
         "lock_timeout_ms": 5000,
@@ -139,6 +141,13 @@ DEFAULTS: dict[str, Any] = {
         "maintenance_window": None,
         "rewrite_headroom_factor": 1.2,
         "unattended_approval": False,
+        # Sessions whose transaction is older than this are named as holding back VACUUM's cleanup.
+        "old_transaction_seconds": 60,
+        # Path on this worker of the database server's data directory (or a mount of its volume), for
+        # the disk-room check; null means $PG_DATA_DIR, then the server's data_directory if visible here.
+        "data_dir": None,
+        # pg_repack client; null means PATH, then /usr/lib/postgresql/<server major>/bin/pg_repack.
+        "pg_repack_path": None,
     },
     "report": {
         "endpoints": [],
@@ -177,6 +186,8 @@ _TYPES_FOR_NULL_DEFAULTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("preflight", "docker_host"): (str,),
     ("preflight", "docker_vm_probe_image"): (str,),
     ("reclaim", "maintenance_window"): (str,),
+    ("reclaim", "data_dir"): (str,),
+    ("reclaim", "pg_repack_path"): (str,),
     ("report", "local_dir"): (str,),
 }
 # Optional mapping columns: the defaults name them, but a table may lack them.
