@@ -197,6 +197,30 @@ def classify_s3_error(error: BaseException, what: str, bucket: str | None = None
     return PermanentError(f"S3 {what}{where}: unexpected {type(error).__name__}: {error}")
 
 
+def require_bucket(client: BaseClient, bucket: str, policy: RetryPolicy) -> None:
+    """Check that ``bucket`` exists before any upload.
+
+    Some S3-compatible servers (SeaweedFS among them) create a missing bucket on the first PUT,
+    so a typo in the bucket name would silently scatter objects into a new bucket.
+
+    :raises PermanentError: when the bucket is missing or access to it is denied.
+    """
+    from botocore import exceptions as bc
+
+    def head() -> None:
+        try:
+            client.head_bucket(Bucket=bucket)
+        except bc.ClientError as error:
+            if http_status(error) == 404 or error_code(error) in ("404", "NoSuchBucket"):
+                raise PermanentError(
+                    f"S3 bucket {bucket!r} does not exist (NoSuchBucket): the bucket does not exist. Create it, "
+                    "or set storage.bucket in the maintenance_config Variable to an existing bucket."
+                ) from error
+            raise
+
+    call_with_retries(head, "check bucket", policy, bucket=bucket)
+
+
 def call_with_retries(
     operation: Callable[[], T],
     what: str,
@@ -221,6 +245,8 @@ def call_with_retries(
             classified = classify_s3_error(error, what, bucket)
         except TransientError as error:
             classified = error
+        except PermanentError:
+            raise
         if isinstance(classified, PermanentError) or attempt >= policy.max_attempts:
             raise classified
         delay = policy.delay(attempt)

@@ -44,7 +44,7 @@ from attachment_ops.offload.objects import (
 )
 from attachment_ops.offload.params import OffloadParams
 from attachment_ops.offload.planner import candidate_filter
-from attachment_ops.storage import RetryPolicy, call_with_retries
+from attachment_ops.storage import RetryPolicy, call_with_retries, require_bucket
 
 if TYPE_CHECKING:
     import psycopg
@@ -197,6 +197,7 @@ def run_batch(
         )
         return result
 
+    require_bucket(client, context.bucket, context.policy)
     shared = _Shared(context=context, result=result, total_bytes=result.bytes_selected, started=started)
     work: queue.Queue[RowInfo] = queue.Queue()
     for row in rows:
