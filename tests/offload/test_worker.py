@@ -53,7 +53,8 @@ def test_ledger_records_each_flip(attachments, s3_client):
 
     offloaded = [entry for entry in attachments.ledger() if entry[1] == "offloaded"]
     assert sorted(entry[0] for entry in offloaded) == list(range(1, 13))
-    for row_id, outcome, key, size, digest in offloaded:
+    for row_id, _outcome, key, size, digest in offloaded:
+        assert key == object_key("attachments/", row_id, digest)
         assert size == len(attachments.expected[row_id])
         assert digest == sha256(attachments.expected[row_id])
 
