@@ -58,8 +58,8 @@ from attachment_ops.dag_support import (
     doc_md=__doc__,
 )
 def attachment_maintenance() -> None:
-    @task(multiple_outputs=True, execution_timeout=timedelta(minutes=30))
-    def plan(**context: Any) -> dict[str, Any]:
+    @task(execution_timeout=timedelta(minutes=30))
+    def plan(**context: Any) -> list[dict[str, Any]]:
         from attachment_ops.tasks.offload import offload_overrides
         from attachment_ops.tasks.offload import plan as run
 
@@ -69,36 +69,30 @@ def attachment_maintenance() -> None:
             data_interval_start=context.get("data_interval_start"),
             data_interval_end=context.get("data_interval_end"),
         )
-        return run(overrides)
+        result = run(overrides)
+        # The mapped list carries only batch descriptors; the totals travel under their own key.
+        context["ti"].xcom_push(key="plan_summary", value={k: v for k, v in result.items() if k != "batches"})
+        return [{**batch, "controls": result["params"]} for batch in result["batches"]]
 
     @task(pool=OFFLOAD_POOL, execution_timeout=timedelta(hours=2))
-    def offload_batch(batch: dict[str, Any], params: dict[str, Any], **context: Any) -> dict[str, Any]:
+    def offload_batch(batch: dict[str, Any], **context: Any) -> dict[str, Any]:
         from attachment_ops.tasks.offload import offload_batch as run
 
-        return run(batch, params, context["run_id"])
+        return run(batch, batch["controls"], context["run_id"])
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def summarize(plan_result: dict[str, Any], batch_results: Any) -> dict[str, Any]:
+    def summarize(batch_results: Any, **context: Any) -> dict[str, Any]:
         from attachment_ops.tasks.offload import summarize as run
 
-        return run(plan_result, list(batch_results or []))
+        plan_summary = context["ti"].xcom_pull(task_ids="plan", key="plan_summary") or {}
+        batches = context["ti"].xcom_pull(task_ids="plan") or []
+        return run({**plan_summary, "batches": batches}, list(batch_results or []))
 
     checks = preflight()
     planned = plan()
     checks >> planned
-    results = offload_batch.partial(params=planned["params"]).expand(batch=planned["batches"])
-    summary = summarize(
-        {
-            "batches": planned["batches"],
-            "rows": planned["rows"],
-            "bytes": planned["bytes"],
-            "null_rows": planned["null_rows"],
-            "params": planned["params"],
-            "left_for_next_run_rows": planned["left_for_next_run_rows"],
-            "left_for_next_run_bytes": planned["left_for_next_run_bytes"],
-        },
-        results,
-    )
+    results = offload_batch.expand(batch=planned)
+    summary = summarize(results)
     verified = verify(summary)
     vacuumed = vacuum_analyze(verified)
     final_report = report()
