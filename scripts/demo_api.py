@@ -11,6 +11,7 @@ import gzip
 import http.client
 import json
 import random
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -50,9 +51,17 @@ CUSTOMERS = _customers(400)
 ITEMS = _items(1700)
 
 
-class ApiHandler(BaseHTTPRequestHandler):
+class NoDelayHandler(BaseHTTPRequestHandler):
+    """Send headers and body without waiting for delayed ACKs (Nagle), as real servers do."""
+
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ApiHandler(NoDelayHandler):
     def log_message(self, *args: object) -> None:
         return
 
@@ -90,9 +99,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
 
 def make_proxy_handler(upstream_port: int) -> type[BaseHTTPRequestHandler]:
-    class ProxyHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class ProxyHandler(NoDelayHandler):
         def log_message(self, *args: object) -> None:
             return
 

@@ -151,8 +151,17 @@ def start_postgres(state: dict) -> None:
             shutil.chown(password_file, PG_SYSTEM_USER, PG_SYSTEM_USER)
         as_postgres(
             [
-                pg_bin("initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "scram-sha-256",
-                f"--pwfile={password_file}", "-E", "UTF8", "--locale=C.UTF-8",
+                pg_bin("initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={password_file}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
             ]
         )
         password_file.unlink()
@@ -175,9 +184,7 @@ def start_postgres(state: dict) -> None:
     if not tcp_open(pg["port"]):
         if tcp_open(pg["port"]):
             raise ServiceError(f"Port {pg['port']} is taken by another process.")
-        as_postgres(
-            [pg_bin("pg_ctl"), "-D", pg["data_dir"], "-l", str(log_file), "-w", "-t", "60", "start"]
-        )
+        as_postgres([pg_bin("pg_ctl"), "-D", pg["data_dir"], "-l", str(log_file), "-w", "-t", "60", "start"])
     pid_line = (Path(pg["data_dir"]) / "postmaster.pid").read_text().splitlines()[0]
     pg["pid"] = int(pid_line)
     wait_for(lambda: tcp_open(pg["port"]), "PostgreSQL", 60, log_file)
@@ -189,9 +196,25 @@ def start_postgres(state: dict) -> None:
 def psql_admin(pg: dict, sql: str, database: str = "postgres") -> str:
     env = dict(os.environ, PGPASSWORD=ADMIN_PASSWORD)
     result = subprocess.run(
-        [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", "postgres", "-d", database,
-         "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
-        check=True, capture_output=True, text=True, env=env,
+        [
+            pg_bin("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg["port"]),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atqc",
+            sql,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return result.stdout.strip()
 
@@ -251,26 +274,55 @@ def start_s3(state: dict) -> None:
         return
     data_dir = STATE_DIR / "s3"
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in (
-        "s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
-        "admin", "admin.grpc", "iceberg", "lance", "s3.debug",
-    )}
+    ports = {
+        name: free_port()
+        for name in (
+            "s3",
+            "s3.grpc",
+            "master",
+            "master.grpc",
+            "volume",
+            "volume.grpc",
+            "filer",
+            "filer.grpc",
+            "admin",
+            "admin.grpc",
+            "iceberg",
+            "lance",
+            "s3.debug",
+        )
+    }
     flags = [
-        f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={S3_BUCKET}",
-        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.grpc']}",
-        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
-        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
-        f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin.grpc']}",
-        f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
-        f"-s3.debug.port={ports['s3.debug']}", "-webdav=false", "-admin.ui=false",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-bucket={S3_BUCKET}",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3.grpc']}",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={ports['master.grpc']}",
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={ports['volume.grpc']}",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={ports['filer.grpc']}",
+        f"-admin.port={ports['admin']}",
+        f"-admin.port.grpc={ports['admin.grpc']}",
+        f"-s3.port.iceberg={ports['iceberg']}",
+        f"-s3.port.lance={ports['lance']}",
+        f"-s3.debug.port={ports['s3.debug']}",
+        "-webdav=false",
+        "-admin.ui=false",
     ]
     log_file = STATE_DIR / "s3.log"
     env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            [weed_binary(), "mini", *flags], cwd=data_dir, stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            [weed_binary(), "mini", *flags],
+            cwd=data_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     s3 = {"pid": process.pid, "port": ports["s3"], "data_dir": str(data_dir), "ports": ports}
     state["s3"] = s3
@@ -302,7 +354,9 @@ def stop_pid(pid: int | None, timeout: float = 20) -> None:
 def docker_ready(socket_path: str) -> bool:
     result = subprocess.run(
         ["docker", "-H", f"unix://{socket_path}", "info", "--format", "{{.ServerVersion}}"],
-        capture_output=True, text=True, timeout=10,
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     return result.returncode == 0
 
@@ -320,24 +374,37 @@ def start_docker(state: dict) -> None:
     if engine and pid_alive(engine.get("pid")) and docker_ready(engine["socket"]):
         return
     base = Path(engine.get("base_dir") or tempfile.mkdtemp(prefix="attachment-ops-docker."))
-    engine = {"base_dir": str(base), "socket": str(base / "docker.sock"),
-              "data_root": str(base / "data-root")}
+    engine = {
+        "base_dir": str(base),
+        "socket": str(base / "docker.sock"),
+        "data_root": str(base / "data-root"),
+    }
     log_file = STATE_DIR / "docker.log"
     command = [
-        dockerd, "--host", f"unix://{engine['socket']}", "--data-root", engine["data_root"],
-        "--exec-root", str(base / "exec-root"), "--pidfile", str(base / "docker.pid"),
-        "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-        "--containerd-namespace", "attachment-ops", "--containerd-plugins-namespace",
+        dockerd,
+        "--host",
+        f"unix://{engine['socket']}",
+        "--data-root",
+        engine["data_root"],
+        "--exec-root",
+        str(base / "exec-root"),
+        "--pidfile",
+        str(base / "docker.pid"),
+        "--bridge=none",
+        "--iptables=false",
+        "--ip-forward=false",
+        "--ip-masq=false",
+        "--containerd-namespace",
+        "attachment-ops",
+        "--containerd-plugins-namespace",
         "attachment-ops-plugins",
     ]
     with open(log_file, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     engine["pid"] = process.pid
     state["docker"] = engine
     save_state(state)
-    wait_for(lambda: process.poll() is None and docker_ready(engine["socket"]), "Docker engine",
-             90, log_file)
+    wait_for(lambda: process.poll() is None and docker_ready(engine["socket"]), "Docker engine", 90, log_file)
     build_probe_image(engine["socket"])
 
 
@@ -363,8 +430,7 @@ def build_probe_image(socket_path: str) -> None:
             tmp.type = tarfile.DIRTYPE
             tmp.mode = 0o1777
             tar.addfile(tmp)
-        subprocess.run([*docker, "import", str(rootfs), DOCKER_PROBE_IMAGE], check=True,
-                       capture_output=True)
+        subprocess.run([*docker, "import", str(rootfs), DOCKER_PROBE_IMAGE], check=True, capture_output=True)
 
 
 def stop_docker(state: dict) -> None:
@@ -394,8 +460,14 @@ def start_airflow(state: dict) -> None:
     with open(log_file, "ab") as log:
         for command in (
             [airflow, "db", "migrate"],
-            [airflow, "pools", "set", OFFLOAD_POOL, str(OFFLOAD_POOL_SLOTS),
-             "Slots shared by attachment offload batches across all runs"],
+            [
+                airflow,
+                "pools",
+                "set",
+                OFFLOAD_POOL,
+                str(OFFLOAD_POOL_SLOTS),
+                "Slots shared by attachment offload batches across all runs",
+            ],
         ):
             result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             if result.returncode != 0:
@@ -410,54 +482,77 @@ def service_variables(state: dict) -> dict[str, str]:
     variables: dict[str, str] = {"ATTACHMENT_OPS_ROOT": str(ROOT)}
     pg = state.get("postgres")
     if pg:
-        variables.update({
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(pg["port"]),
-            "APP_PG_DSN": f"postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{pg['port']}/{APP_DB}",
-            "ADMIN_PG_DSN": f"postgresql://postgres:{ADMIN_PASSWORD}@127.0.0.1:{pg['port']}/{APP_DB}",
-            "PG_DATA_DIR": pg["data_dir"],
-            "PG_BASE_DIR": pg["base_dir"],
-            "AIRFLOW_CONN_APP_POSTGRES": json.dumps({
-                "conn_type": "postgres", "host": "127.0.0.1", "port": pg["port"],
-                "login": APP_USER, "password": APP_PASSWORD, "schema": APP_DB,
-            }),
-        })
+        variables.update(
+            {
+                "PGHOST": "127.0.0.1",
+                "PGPORT": str(pg["port"]),
+                "APP_PG_DSN": f"postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{pg['port']}/{APP_DB}",
+                "ADMIN_PG_DSN": f"postgresql://postgres:{ADMIN_PASSWORD}@127.0.0.1:{pg['port']}/{APP_DB}",
+                "PG_DATA_DIR": pg["data_dir"],
+                "PG_BASE_DIR": pg["base_dir"],
+                "AIRFLOW_CONN_APP_POSTGRES": json.dumps(
+                    {
+                        "conn_type": "postgres",
+                        "host": "127.0.0.1",
+                        "port": pg["port"],
+                        "login": APP_USER,
+                        "password": APP_PASSWORD,
+                        "schema": APP_DB,
+                    }
+                ),
+            }
+        )
     s3 = state.get("s3")
     if s3:
         endpoint = f"http://127.0.0.1:{s3['port']}"
-        variables.update({
-            "S3_ENDPOINT_URL": endpoint,
-            "S3_ACCESS_KEY": S3_ACCESS_KEY,
-            "S3_SECRET_KEY": S3_SECRET_KEY,
-            "S3_BUCKET": S3_BUCKET,
-            "S3_REGION": S3_REGION,
-            "S3_DATA_DIR": s3["data_dir"],
-            "AIRFLOW_CONN_ATTACHMENTS_S3": json.dumps({
-                "conn_type": "aws", "login": S3_ACCESS_KEY, "password": S3_SECRET_KEY,
-                "extra": {"endpoint_url": endpoint, "region_name": S3_REGION,
-                          "config_kwargs": {"s3": {"addressing_style": "path"}}},
-            }),
-        })
+        variables.update(
+            {
+                "S3_ENDPOINT_URL": endpoint,
+                "S3_ACCESS_KEY": S3_ACCESS_KEY,
+                "S3_SECRET_KEY": S3_SECRET_KEY,
+                "S3_BUCKET": S3_BUCKET,
+                "S3_REGION": S3_REGION,
+                "S3_DATA_DIR": s3["data_dir"],
+                "AIRFLOW_CONN_ATTACHMENTS_S3": json.dumps(
+                    {
+                        "conn_type": "aws",
+                        "login": S3_ACCESS_KEY,
+                        "password": S3_SECRET_KEY,
+                        "extra": {
+                            "endpoint_url": endpoint,
+                            "region_name": S3_REGION,
+                            "config_kwargs": {"s3": {"addressing_style": "path"}},
+                        },
+                    }
+                ),
+            }
+        )
     engine = state.get("docker")
     if engine:
-        variables.update({
-            "DOCKER_HOST": f"unix://{engine['socket']}",
-            "DOCKER_DATA_ROOT": engine["data_root"],
-            "DOCKER_PROBE_IMAGE": DOCKER_PROBE_IMAGE,
-        })
+        variables.update(
+            {
+                "DOCKER_HOST": f"unix://{engine['socket']}",
+                "DOCKER_DATA_ROOT": engine["data_root"],
+                "DOCKER_PROBE_IMAGE": DOCKER_PROBE_IMAGE,
+            }
+        )
     airflow = state.get("airflow")
     if airflow:
-        variables.update({
-            "AIRFLOW_HOME": airflow["home"],
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow['home']}/airflow.db",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{airflow['home']}/logs",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        })
+        variables.update(
+            {
+                "AIRFLOW_HOME": airflow["home"],
+                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow['home']}/airflow.db",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{airflow['home']}/logs",
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "PYTHONPATH": os.pathsep.join(
+                    [str(ROOT / "include"), os.environ.get("PYTHONPATH", "")]
+                ).rstrip(os.pathsep),
+            }
+        )
     return variables
 
 
@@ -470,10 +565,12 @@ def write_env_file(state: dict) -> None:
 
 # --- Command line -----------------------------------------------------------------------------
 
-STARTERS = {"postgres": start_postgres, "s3": start_s3, "docker": start_docker,
-            "airflow": start_airflow}
-STOPPERS = {"postgres": stop_postgres, "s3": lambda state: stop_pid(state.get("s3", {}).get("pid")),
-            "docker": stop_docker}
+STARTERS = {"postgres": start_postgres, "s3": start_s3, "docker": start_docker, "airflow": start_airflow}
+STOPPERS = {
+    "postgres": stop_postgres,
+    "s3": lambda state: stop_pid(state.get("s3", {}).get("pid")),
+    "docker": stop_docker,
+}
 
 
 def main() -> int:
@@ -507,8 +604,11 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as error:
-        print(f"error: {' '.join(map(str, error.cmd))} failed with exit code {error.returncode}:\n"
-              f"{error.stderr or ''}", file=sys.stderr)
+        print(
+            f"error: {' '.join(map(str, error.cmd))} failed with exit code {error.returncode}:\n"
+            f"{error.stderr or ''}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -14,9 +14,17 @@ CHAIN_TASKS = {
     "preflight": "preflight",
     "offload": "summarize",
     "verification": "verify",
-    "vacuum": "vacuum_analyze",
+    "table_sizes": "vacuum_analyze",
     "reclaim": "full_reclaim",
 }
+SIZE_KEYS = ("heap_bytes", "toast_bytes", "indexes_bytes", "total_bytes")
+
+
+def _sizes(value: dict[str, Any]) -> dict[str, Any]:
+    """Keep the before and after sizes of a VACUUM or full reclaim result, in the report's shape."""
+    return {
+        side: {key: value[side][key] for key in SIZE_KEYS} for side in ("before", "after") if value.get(side)
+    }
 
 
 def chain_figures(context: dict[str, Any]) -> dict[str, Any]:
@@ -30,8 +38,15 @@ def chain_figures(context: dict[str, Any]) -> dict[str, Any]:
         if section == "preflight" and value is None:
             # A failed preflight returns nothing, but it pushed its table before raising.
             value = ti.xcom_pull(task_ids=task_id, key="preflight_report")
-        if value is not None:
-            figures[section] = value
+        if value is None:
+            continue
+        if section == "verification" and isinstance(value, dict):
+            value = {**value, "status": "passed" if value.get("ok") else "failed"}
+        if section in ("table_sizes", "reclaim") and isinstance(value, dict):
+            if not value.get("before"):
+                continue
+            value = _sizes(value)
+        figures[section] = value
     return figures
 
 
