@@ -531,6 +531,15 @@ def test_cli_generates_table(pg_dsn, pg_schema):
     assert f"{pg_schema}.cli: 30 rows" in result.stdout
 
 
+def test_cli_skip_existing_leaves_table(pg_dsn, pg_schema):
+    table = f"{pg_schema}.cli"
+    demo_data.generate(pg_dsn, table=table, seed=1, **SMALL)
+    result = run_cli(["--dsn", pg_dsn, "--table", table, "--rows", "30", "--skip-existing"])
+    assert result.returncode == 0, result.stdout
+    assert "already exists; nothing generated" in result.stdout
+    assert len(demo_data.read_expected(pg_dsn, table)) == 40
+
+
 def test_cli_bucket_needs_endpoint(pg_dsn, pg_schema):
     result = run_cli(
         [

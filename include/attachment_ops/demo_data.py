@@ -1070,6 +1070,19 @@ def _finish_table(conn: psycopg.Connection, table: str) -> None:
 # --- Checking: is everything still where the expected table says? -----------------------------
 
 
+def table_exists(conninfo: str, table: str = DEFAULT_TABLE) -> bool:
+    """Return whether ``table`` exists (``schema.table`` or a bare name in ``public``)."""
+    from psycopg import sql
+
+    from attachment_ops.db import connect, fetch_one
+
+    schema, name = split_table_name(table)
+    with connect(conninfo) as conn:
+        qualified = sql.Identifier(schema, name).as_string(conn)
+        row = fetch_one(conn, "SELECT to_regclass(%s) IS NOT NULL", (qualified,))
+    return bool(row and row[0])
+
+
 def read_expected(conninfo: str, table: str = DEFAULT_TABLE) -> dict[int, ExpectedContent]:
     """Read ``<table>_expected`` back: row id to SHA-256 and size."""
     from psycopg import sql
@@ -1235,6 +1248,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiplier on file sizes, overriding the scale's (demo 0.4, production 1)",
     )
     parser.add_argument("--reset", action="store_true", help="drop the table and its _expected table first")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="exit successfully without changes when the table already exists (for one-shot containers)",
+    )
 
     parser.add_argument("--bucket", help="upload the objects of already-offloaded rows to this bucket")
     parser.add_argument(
@@ -1261,6 +1279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("No database given: pass --dsn or set APP_PG_DSN.")
         return 2
     try:
+        if arguments.skip_existing and not arguments.reset and table_exists(arguments.dsn, arguments.table):
+            print(f"{arguments.table} already exists; nothing generated (--skip-existing).")
+            return 0
         s3_client = _s3_client_from_arguments(arguments)
         result = generate(
             arguments.dsn,
