@@ -52,8 +52,12 @@ def vacuum(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_reclaim_path(context: dict[str, Any], vacuum_result: dict[str, Any]) -> list[str]:
-    """Return the task ids to follow: the report alone, the approval step, or the reclaim itself."""
-    from attachment_ops.reclaim_gate import decide_full_reclaim
+    """Return the task ids to follow: the report alone, the approval step, or the reclaim itself.
+
+    The window, the disk room and pg_repack's presence are checked before anyone is asked to
+    approve, so nobody approves a rewrite that cannot run.
+    """
+    from attachment_ops.reclaim_gate import evaluate_full_reclaim
 
     params = dict(context.get("params") or {})
     method = params.get("reclaim") or "none"
@@ -64,27 +68,37 @@ def choose_reclaim_path(context: dict[str, Any], vacuum_result: dict[str, Any]) 
         )
         return skip
     config = get_config()
-    decision = decide_full_reclaim(
+    unattended = bool(params.get("approve_unattended")) or config.section("reclaim")["unattended_approval"]
+    decision = evaluate_full_reclaim(
+        postgres_conninfo(config.section("connections")["postgres"]),
         config,
-        method=method,
-        conninfo=postgres_conninfo(config.section("connections")["postgres"]),
-        approve_unattended=bool(params.get("approve_unattended")),
+        method,
+        unattended=unattended,
+        check_approval=False,
     )
-    if not decision.allowed:
+    if not decision.allow:
         log.warning("Full reclaim (%s) not started: %s", method, "; ".join(decision.reasons))
         return skip
-    log.info("Full reclaim (%s) allowed: %s", method, "; ".join(decision.reasons))
-    if params.get("approve_unattended") or config.section("reclaim")["unattended_approval"]:
-        return ["full_reclaim"]
-    return ["approve_full_reclaim"]
+    log.info("Full reclaim (%s) may run: %s", method, "; ".join(decision.reasons))
+    return ["full_reclaim"] if unattended else ["approve_full_reclaim"]
 
 
 @fail_permanent_errors
 def full_reclaim(context: dict[str, Any]) -> dict[str, Any]:
+    """Check the gate again (time passed while waiting for approval), then rewrite the table."""
+    from attachment_ops.errors import PermanentError
     from attachment_ops.reclaim import full_reclaim as run
+    from attachment_ops.reclaim_gate import evaluate_full_reclaim
 
     params = dict(context.get("params") or {})
     config = get_config()
-    result = run(postgres_conninfo(config.section("connections")["postgres"]), config, params["reclaim"])
+    method = params["reclaim"]
+    conninfo = postgres_conninfo(config.section("connections")["postgres"])
+    unattended = bool(params.get("approve_unattended")) or config.section("reclaim")["unattended_approval"]
+    # This task runs only when the approval step answered Approve, or was skipped as unattended.
+    decision = evaluate_full_reclaim(conninfo, config, method, approved=not unattended, unattended=unattended)
+    if not decision.allow:
+        raise PermanentError(f"Full reclaim ({method}) refused after approval: {'; '.join(decision.reasons)}")
+    result = run(conninfo, config, method)
     log.info("%s", result.get("message", ""))
     return result
