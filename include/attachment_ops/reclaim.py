@@ -598,6 +598,7 @@ def full_reclaim(
             duration = time.monotonic() - clock
             action = f"measuring sizes after {method}"
             after = relation_sizes(conn, target.oid)
+            holders = xmin_holders(conn, reclaim["old_transaction_seconds"])
         except psycopg.Error as error:
             raise _maintenance_error(conn, target, action, error, reclaim) from error
 
@@ -616,12 +617,17 @@ def full_reclaim(
         "after": after,
         "returned_to_os_bytes": returned,
         "output": output[-40:],
+        "xmin_holders": holders,
         "message": (
             f"{method} rewrote {target.display_name} from {_mib(before['total_bytes'])} to "
             f"{_mib(after['total_bytes'])} and returned {_mib(max(returned, 0))} to the operating system "
             f"in {duration:.1f} s."
         ),
     }
+    if holders:
+        # The rewrite copies rows that these snapshots may still see, so their space stays in use.
+        named = "; ".join(describe_holder(holder) for holder in holders)
+        result["message"] += f" Rows still visible to these may have been kept: {named}."
     log.info("%s", result["message"])
     return result
 
