@@ -96,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
         "inode_warn_free_percent": 10.0,
         "inode_fail_free_percent": 5.0,
         # The offload's planned bytes (in flight, temp and WAL) are multiplied by this factor
-        # before they are subtracted from the free space; a full reclaim uses
+        # before they are subtracted from the free space. A full reclaim uses
         # reclaim.rewrite_headroom_factor instead.
         "headroom_factor": 2.0,
         # Time to full: a linear fit over the free-space samples of the last fill_window_hours

@@ -1,4 +1,4 @@
-"""Fixtures for the preflight tests: a small tmpfs, a Docker socket that never answers, Docker objects."""
+"""Fixtures for the preflight tests: a small tmpfs, a Docker socket that never responds, Docker objects."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def small_fs() -> Iterator[Path]:
 
 
 class SilentSocketServer:
-    """A unix socket that accepts connections and never writes a byte back, like a hung daemon."""
+    """A unix socket that accepts connections and never sends a byte, like a hung daemon."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -64,7 +64,7 @@ def test_silent_daemon_times_out(silent_socket: Any) -> None:
     elapsed = time.monotonic() - started
     assert results[0].metrics["reason"] == "timeout"
     assert results[0].status is Status.WARN
-    assert "accepted the connection but did not answer within 1 s" in results[0].value
+    assert "accepted the connection but did not respond within 1 s (timed out)" in results[0].value
     assert silent_socket.accepted >= 1
     assert 1.0 <= elapsed < 3.0
 

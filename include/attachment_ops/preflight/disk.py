@@ -1,7 +1,7 @@
 """Host disk checks: free bytes, free percent, free inodes, headroom for planned work, time to full.
 
 Free space is what an unprivileged process can use (``f_bavail``), the figure ``df`` prints as
-"Avail"; the blocks reserved for root are not counted. Paths on the same filesystem are measured
+"Avail". The blocks reserved for root are not counted. Paths on the same filesystem are measured
 once, so planned work is subtracted once per filesystem.
 """
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 GROUP = "disk"
 HEADROOM_KINDS = ("offload", "rewrite")
 
-# Where the shipped defaults come from; shown next to a threshold while it keeps its default.
+# Outside sources of the shipped defaults, shown next to a threshold that keeps its default.
 _REFERENCES = {
     "disk_warn_free_percent": "kubelet imagefs.available 15%",
     "disk_fail_free_percent": "node_exporter warning at 5%",
@@ -74,7 +74,7 @@ def parse_disk_paths(entries: Sequence[Any]) -> list[DiskTarget]:
         unknown_keys = set(entry) - {"path", "label", "headroom"}
         if unknown_keys:
             raise ConfigurationError(
-                f"{where} has unknown keys {sorted(unknown_keys)}; known keys: path, label, headroom."
+                f"{where} has unknown keys {sorted(unknown_keys)}. Known keys: path, label, headroom."
             )
         headroom = entry.get("headroom", list(HEADROOM_KINDS))
         if not isinstance(headroom, list) or not set(headroom) <= set(HEADROOM_KINDS):
@@ -167,7 +167,7 @@ class DiskThresholds:
 
 
 def _space_status(free_bytes: int, total_bytes: int, thresholds: DiskThresholds) -> tuple[Status, str]:
-    """Compare free space with both thresholds; return the status and the source of the limit hit."""
+    """Compare free space with both thresholds and return the status and the source of the limit hit."""
     percent = 100.0 * free_bytes / total_bytes if total_bytes else 0.0
     for status, percent_key, percent_limit, bytes_key, bytes_limit in (
         (
@@ -284,7 +284,7 @@ def check_headroom(
             "full reclaim",
         )
     else:
-        raise ValueError(f"Unknown headroom kind {kind!r}; expected one of {', '.join(HEADROOM_KINDS)}.")
+        raise ValueError(f"Unknown headroom kind {kind!r}. Expected one of {', '.join(HEADROOM_KINDS)}.")
     needed = int(planned_bytes * factor)
     remaining = usage.free_bytes - needed
     status, source = _space_status(remaining, usage.total_bytes, thresholds)
@@ -375,14 +375,13 @@ def check_fill_rate(
         f"(fit over the last {thresholds.fill_window_hours:g} h, at least {thresholds.fill_min_samples} samples)"
     )
     source = "; ".join(
-        describe_source("preflight", key, getattr(thresholds, attribute))
-        for key, attribute in (
-            ("fill_warn_hours", "fill_warn_hours"),
-            ("fill_window_hours", "fill_window_hours"),
-        )
+        describe_source("preflight", key, getattr(thresholds, key))
+        for key in ("fill_warn_hours", "fill_window_hours")
     )
+
     if estimate is None or estimate.samples < thresholds.fill_min_samples:
-        found = estimate.samples if estimate else len(samples)
+        start = now - thresholds.fill_window_hours * 3600
+        found = sum(1 for when, _ in samples if start <= _timestamp(when) <= now)
         return CheckResult(
             group=GROUP,
             name=name,
@@ -390,9 +389,10 @@ def check_fill_rate(
             value=f"{found} samples in the last {thresholds.fill_window_hours:g} h, too few for a trend",
             threshold=threshold,
             source=source,
-            hint="Nothing to do: later runs add samples; keep storing report.disk_samples.",
+            hint="Nothing to do: later runs add samples, as long as report.disk_samples are stored.",
             metrics={"path": usage.path, "samples": found},
         )
+
     metrics: dict[str, Any] = {
         "path": usage.path,
         "samples": estimate.samples,
@@ -404,6 +404,7 @@ def check_fill_rate(
     if estimate.hours_to_full is None:
         value = f"not filling ({format_bytes(estimate.bytes_per_hour)}/h, {fit})"
         return CheckResult(GROUP, name, Status.PASS, value, threshold, source, "", metrics)
+
     value = (
         f"filling at {format_bytes(-estimate.bytes_per_hour)}/h, full in about "
         f"{format_duration(estimate.hours_to_full * 3600)} ({fit})"
@@ -444,9 +445,9 @@ def check_disks(
     """Run every disk check on ``targets`` and return the results and this run's free-space samples.
 
     Targets on one filesystem are merged. ``history`` maps a path to earlier (timestamp, free
-    bytes) samples; without it, no time-to-full row appears. A path that cannot be measured gives
+    bytes) samples. Without it, no time-to-full row appears. A path that cannot be measured gives
     an UNKNOWN row. When ``planned_bytes`` or ``rewrite_bytes`` is set but no target carries that
-    headroom kind, an UNKNOWN row says so.
+    headroom kind, an UNKNOWN row reports it.
     """
     now = time.time() if now is None else now
     host = host or socket.gethostname()

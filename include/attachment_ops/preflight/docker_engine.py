@@ -1,8 +1,8 @@
 """Docker engine checks through the Docker SDK: reachable, version, storage, disk usage, VM free space.
 
-``docker.DockerClient`` asks the daemon for its API version while it is being built, so a
-missing socket, a denied permission or a hung daemon raises from the constructor. The
-constructor is therefore inside the same error handling as every later call. The Engine API
+``docker.DockerClient`` requests the daemon's API version in its constructor, so a missing
+socket, a denied permission or a hung daemon raises from the constructor. The constructor is
+therefore inside the same error handling as every later call. The Engine API
 reports no free-space figure. On Docker Desktop the engine's disk is a VM image that the host
 disk checks cannot see, so an optional probe runs ``df`` in a throwaway container.
 """
@@ -40,7 +40,7 @@ def socket_path(docker_host: str) -> str | None:
 
 @dataclass(frozen=True)
 class DockerFacts:
-    """What the runner needs from the engine besides the result rows."""
+    """Engine facts that the runner uses besides the rows: reachability, API version, data root, OS."""
 
     reachable: bool
     docker_host: str
@@ -94,8 +94,8 @@ def classify_docker_error(error: BaseException, docker_host: str, timeout_second
     ):
         return DockerFailure(
             "timeout",
-            f"Docker engine at {docker_host} accepted the connection but did not answer within "
-            f"{timeout_seconds:g} s",
+            f"Docker engine at {docker_host} accepted the connection but did not respond within "
+            f"{timeout_seconds:g} s (timed out)",
             "The daemon is hung or overloaded: check `docker info` and its log, restart it, and on Docker "
             "Desktop check the VM's disk (a full VM disk stalls the engine).",
         )
@@ -138,7 +138,6 @@ def _absent_result(failure: DockerFailure, section: Mapping[str, Any], name: str
         source="preflight.docker_required; preflight.docker_timeout_seconds",
         hint=failure.hint,
         metrics={"reason": failure.kind},
-        error="DockerUnavailable",
     )
 
 
@@ -150,7 +149,7 @@ def check_docker(
     Every call to the engine has ``docker_timeout_seconds``, except ``GET /system/df`` (its own
     ``docker_df_timeout_seconds``) and the VM probe (``docker_vm_probe_timeout_seconds``). An
     unreachable engine gives one row, FAIL when ``docker_required`` is true, WARN otherwise.
-    Never raises for an engine problem.
+    Engine errors become rows, not exceptions.
     """
     import docker
     import requests
@@ -261,7 +260,7 @@ class DockerDiskUsage:
         return sum(usage.size_bytes for usage in self.kinds.values())
 
 
-# API 1.52 and newer answer with one summary object per kind. The schemas behind those keys are
+# API 1.52 and newer return one summary object per kind. The schemas behind those keys are
 # named ImagesDiskUsage etc., and some clients use those names as keys, so both are accepted.
 _SUMMARY_KEYS = {
     "images": ("ImageUsage", "ImagesDiskUsage"),
@@ -277,9 +276,9 @@ def parse_disk_usage(payload: Mapping[str, Any]) -> DockerDiskUsage:
 
     The summary shape (API 1.52+) carries TotalCount, ActiveCount, TotalSize and Reclaimable.
     The legacy shape (LayersSize and lists of Images, Containers, Volumes, BuildCache) is summed
-    here the way the Docker CLI sums it: an image is reclaimable when no container uses it (its
-    unique size, Size - SharedSize), a container when it is not running, a volume when no
-    container refers to it, and a build cache record when it is not in use.
+    here the way the Docker client sums it. An unused image counts its unique size (Size -
+    SharedSize) as reclaimable. A container that is not running, a volume that no container
+    refers to and a build cache record not in use count their whole size.
     """
     summaries = {
         kind: next((payload[key] for key in keys if isinstance(payload.get(key), Mapping)), None)
@@ -460,7 +459,7 @@ def check_vm_free_space(client: Any, image: str, section: Mapping[str, Any], doc
             threshold=threshold,
             source="preflight.docker_vm_probe_image",
             hint=f"Load the image first (`docker pull {image}` or `docker load`), or set "
-            "preflight.docker_vm_probe_image to an image the engine has; the probe never pulls.",
+            "preflight.docker_vm_probe_image to an image the engine has. The probe never pulls.",
             metrics={"reason": "image_missing", "image": image},
         )
 

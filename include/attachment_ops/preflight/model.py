@@ -1,7 +1,7 @@
 """Check results, the preflight report, and its text and Markdown tables.
 
-A check never passes silently: when it cannot measure, its status is UNKNOWN and its value says
-why. The report's ``to_dict()`` is small and JSON-serialisable, so a task can push it to XCom.
+A check never passes silently: when it cannot measure, its status is UNKNOWN and its value
+states why. The report's ``to_dict()`` is small and JSON-serialisable, so a task can push it to XCom.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class CheckResult:
     ``value`` is the measurement as an operator reads it, with its unit. ``threshold`` is the
     limit applied and ``source`` where that limit comes from (a configuration key, or a default
     taken from kubelet or node_exporter). ``hint`` is a one-line fix, empty when nothing needs
-    fixing. ``metrics`` holds the raw numbers for programs, and ``error`` the class name of the
+    fixing. ``metrics`` contains the raw numbers for programs, and ``error`` the class name of the
     package error (``PermanentError``, ``TransientError``) when the check failed on one.
     """
 
@@ -179,13 +179,13 @@ class PreflightReport:
             return format_markdown_table(self.results)
         if style == "text":
             return format_text_table(self.results)
-        raise ValueError(f"Unknown table style {style!r}; expected 'text' or 'markdown'.")
+        raise ValueError(f"Unknown table style {style!r}. Expected 'text' or 'markdown'.")
 
 
 def raise_for_failures(report: PreflightReport, *, unknown_is_failure: bool = False) -> None:
     """Raise PreflightFailed listing every FAIL row (and UNKNOWN rows when asked).
 
-    :raises PreflightFailed: when at least one check failed; the message has one line per row.
+    :raises PreflightFailed: when at least one check failed, with one line per blocking row.
     """
     blocking = list(report.failed)
     if unknown_is_failure:
@@ -210,7 +210,7 @@ def _row_cells(result: CheckResult) -> tuple[str, ...]:
 
 
 def format_text_table(results: Iterable[CheckResult]) -> str:
-    """Lay results out in fixed-width columns; long cells wrap onto continuation lines."""
+    """Lay results out in fixed-width columns, wrapping long cells onto continuation lines."""
     rows = [_row_cells(result) for result in results]
     widths = [
         min(cap, max([len(header)] + [len(row[index]) for row in rows]))

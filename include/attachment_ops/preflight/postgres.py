@@ -2,7 +2,7 @@
 
 Sessions idle in a transaction and old transactions hold back the xmin horizon, so VACUUM cannot
 remove the dead rows that an offload leaves behind. Other roles' sessions are visible only with
-``pg_read_all_stats`` (``pg_monitor`` includes it), and the check says how many it could not see.
+``pg_read_all_stats`` (``pg_monitor`` includes it), and the check reports how many it could not see.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 @dataclass(frozen=True)
 class PostgresFacts:
-    """What the runner needs besides the rows: the data directory when it is on this host."""
+    """Server facts that the runner uses besides the rows: reachability and a local data directory."""
 
     reachable: bool
     local_data_directory: str | None = None
@@ -41,11 +41,11 @@ def check_postgres(conninfo: str, config: MaintenanceConfig) -> tuple[list[Check
 
     The session's statement_timeout is ``preflight.postgres_timeout_seconds``. A failed
     connection gives one FAIL row. A query that fails gives an UNKNOWN row for its check, and the
-    other checks still run. Never raises for a database problem.
+    other checks still run. Database errors become rows, not exceptions.
     """
     import psycopg
 
-    from attachment_ops.db import connect
+    from attachment_ops.db import classify_pg_error, connect
 
     preflight = config.section("preflight")
     timeout_ms = int(preflight["postgres_timeout_seconds"] * 1000)
@@ -58,7 +58,9 @@ def check_postgres(conninfo: str, config: MaintenanceConfig) -> tuple[list[Check
             application_name=APPLICATION_NAME,
             connect_timeout_seconds=max(1, int(preflight["postgres_timeout_seconds"])),
         )
-    except MaintenanceError as error:
+    except (MaintenanceError, psycopg.Error) as error:
+        if isinstance(error, psycopg.Error):
+            error = classify_pg_error(error, "connect to PostgreSQL")
         log.warning("Postgres preflight could not connect: %s", error)
         return [
             CheckResult(
@@ -294,7 +296,7 @@ def _old_transactions_result(conn: psycopg.Connection, preflight: dict[str, Any]
             threshold=threshold,
             source=source,
             hint="End them (COMMIT or ROLLBACK in the client, or SELECT pg_terminate_backend(pid)), or set "
-            "idle_in_transaction_session_timeout; until then VACUUM cannot remove dead rows.",
+            "idle_in_transaction_session_timeout. Until then, VACUUM cannot remove dead rows.",
             metrics=metrics,
         )
     status = Status.UNKNOWN if hidden else Status.PASS
@@ -412,6 +414,6 @@ def _local_data_directory(conn: psycopg.Connection) -> str | None:
         return None
     if not rows or not os.path.isdir(rows[0][0]):
         return None
-    # NOTE: a server reached through 127.0.0.1 may run in a container whose data directory path
-    # also exists on this host; the disk check then measures the host's path, not the container's.
+    # NOTE: a server reached through 127.0.0.1 may run in a container. When its data directory
+    # path also exists on this host, the disk check measures the host's path, not the container's.
     return rows[0][0]

@@ -44,15 +44,17 @@ def run_preflight(
     disk_history: Mapping[str, Sequence[tuple[datetime | float, int]]] | None = None,
     docker_host: str | None = None,
 ) -> PreflightReport:
-    """Run the disk, Docker, Postgres and S3 checks and return the report; never raises for a failed check.
+    """Run the disk, Docker, Postgres and S3 checks and return the report.
 
-    :param planned_bytes: the offload's planned bytes in flight plus temp and WAL estimate; it is
+    A failed check is a FAIL row in the report, not an exception.
+
+    :param planned_bytes: the offload's planned bytes in flight plus temp and WAL estimate. It is
         multiplied by ``preflight.headroom_factor`` and subtracted from the free space of each
         path with "offload" headroom.
     :param rewrite_bytes: the size a full reclaim rewrites (0 when none is planned), multiplied by
         ``reclaim.rewrite_headroom_factor`` for paths with "rewrite" headroom.
     :param disk_history: earlier (timestamp, free bytes) samples by path, for example from
-        ``load_disk_history``; the report's ``disk_samples`` are this run's samples to store.
+        ``load_disk_history``. The report's ``disk_samples`` are this run's samples to store.
     :param docker_host: overrides ``preflight.docker_host`` and ``DOCKER_HOST``.
     :raises ConfigurationError: when ``preflight.disk_paths`` is malformed.
     """
@@ -95,7 +97,7 @@ def run_preflight(
 
 
 def _guard(group: str, function: Callable[[], T], on_error: Callable[[CheckResult], T]) -> T:
-    """Run one group of checks; an unexpected exception becomes an UNKNOWN row instead of a crash."""
+    """Run one group of checks, turning an unexpected exception into an UNKNOWN row."""
     try:
         return function()
     # A bug in one check must not hide the results of the others.
@@ -107,7 +109,7 @@ def _guard(group: str, function: Callable[[], T], on_error: Callable[[CheckResul
                 name=f"{group} checks",
                 status=Status.UNKNOWN,
                 value=f"the check itself failed: {type(error).__name__}: {error}",
-                hint="This is a bug in the preflight checks; the task log has the traceback.",
+                hint="This is a bug in the preflight checks. The task log has the traceback.",
                 error=type(error).__name__,
             )
         )

@@ -114,7 +114,7 @@ def explain_s3_error(error: BaseException, settings: S3Settings, bucket: str, ac
         "SignatureDoesNotMatch": (
             "the server rejected the request signature: the secret key is wrong, or the region "
             f"{settings.region_name or 'us-east-1'} is not the one the server signs with",
-            "Fix the secret key (password) on the S3 connection; if it is right, set region_name in its extra "
+            "Fix the secret key (password) on the S3 connection. If it is right, set region_name in its extra "
             "to the server's region.",
         ),
         "AuthorizationHeaderMalformed": (
@@ -129,7 +129,7 @@ def explain_s3_error(error: BaseException, settings: S3Settings, bucket: str, ac
         ),
         "NoSuchBucket": (
             "the bucket does not exist at this endpoint",
-            "Create the bucket or fix storage.bucket; if it exists, check endpoint_url and the addressing "
+            "Create the bucket or fix storage.bucket. If it exists, check endpoint_url and the addressing "
             f"style (configured: {settings.addressing_style}).",
         ),
         "AccessDenied": (
@@ -141,7 +141,7 @@ def explain_s3_error(error: BaseException, settings: S3Settings, bucket: str, ac
             "Fix storage.bucket: 3-63 characters of lower-case letters, digits, dots and hyphens.",
         ),
     }
-    # HEAD responses carry no body, so only the status code says what went wrong.
+    # HEAD responses have no body, so the status code is the only clue.
     if not code or code == str(status):
         if status == 404:
             code = "NoSuchBucket"
@@ -178,22 +178,23 @@ def _is_ip(host: str) -> bool:
 
 
 def _call(operation: Callable[[], T], what: str, bucket: str) -> T:
-    """Run an S3 call; retry transient failures a few times with a short jittered backoff."""
+    """Run an S3 call, retrying transient failures a few times with a short jittered backoff."""
     from botocore import exceptions as bc
 
-    for attempt in range(1, _ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             return operation()
         except (bc.BotoCoreError, bc.ClientError) as error:
             if attempt == _ATTEMPTS or not isinstance(classify_s3_error(error, what, bucket), TransientError):
                 raise
-            # Endpoint errors are transient in general, but a refused connection does not heal in a second.
+            # Endpoint errors count as transient, but a refused connection does not heal in a second.
             if isinstance(error, bc.EndpointConnectionError):
                 raise
             delay = random.uniform(0, _BACKOFF_SECONDS * 2 ** (attempt - 1))
             log.warning("Retrying S3 %s on bucket %s in %.2f s: %s", what, bucket, delay, error)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def check_s3(
@@ -201,8 +202,9 @@ def check_s3(
 ) -> list[CheckResult]:
     """Check credentials and bucket with HEAD, then write, read back, compare and delete a probe object.
 
-    The probe key is ``<preflight.s3_probe_prefix><uuid>.probe``; the upload carries its SHA-256
-    (``ChecksumSHA256``), so the server verifies the body too. Never raises for an S3 problem.
+    The probe key is ``<preflight.s3_probe_prefix><uuid>.probe``. The upload carries its SHA-256
+    (``ChecksumSHA256``), so the server verifies the body too. S3 errors become FAIL rows, not
+    exceptions.
     """
     from attachment_ops.storage import make_s3_client
 
@@ -210,9 +212,19 @@ def check_s3(
     bucket = config.bucket
     if client is None:
         timeout = preflight["s3_timeout_seconds"]
-        client = make_s3_client(
-            settings, {"connect_timeout_seconds": timeout, "read_timeout_seconds": timeout}
-        )
+        try:
+            client = make_s3_client(
+                settings, {"connect_timeout_seconds": timeout, "read_timeout_seconds": timeout}
+            )
+        except ValueError as error:
+            # botocore rejects a malformed endpoint_url while it builds the client.
+            log.warning("S3 preflight could not build a client: %s", error)
+            explanation = S3Explanation(
+                f"invalid S3 settings for {_describe_target(settings, bucket)}: {error}",
+                "Fix endpoint_url in the S3 connection's extra: a full URL such as http://127.0.0.1:9000.",
+                "ConfigurationError",
+            )
+            return [_failure("s3 credentials and bucket", explanation, {"bucket": bucket})]
     bucket_result = _bucket_result(client, settings, bucket)
     if bucket_result.status is not Status.PASS:
         return [bucket_result]

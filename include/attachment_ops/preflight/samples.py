@@ -50,7 +50,7 @@ def ensure_disk_samples_table(conn: psycopg.Connection, schema: str) -> None:
 
 
 def store_disk_samples(conn: psycopg.Connection, schema: str, samples: Iterable[DiskSample]) -> int:
-    """Insert ``samples`` (``PreflightReport.disk_samples``); return how many were stored."""
+    """Insert ``samples`` (``PreflightReport.disk_samples``) and return how many were stored."""
     from psycopg import sql
 
     rows = [
@@ -102,7 +102,7 @@ def load_disk_history(
 
 
 def prune_disk_samples(conn: psycopg.Connection, schema: str, *, keep_days: float) -> int:
-    """Delete samples older than ``keep_days``; return how many were deleted."""
+    """Delete samples older than ``keep_days`` and return how many were deleted."""
     from psycopg import sql
 
     with conn.cursor() as cur:
