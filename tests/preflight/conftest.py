@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from preflight_helpers import TMPFS_BYTES, TMPFS_INODES
 
 from attachment_ops.config import MaintenanceConfig, load_config
+from tests.preflight.helpers import TMPFS_BYTES, TMPFS_INODES
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from preflight_helpers import MIB, TMPFS_BYTES, TMPFS_INODES, fill_file, make_empty_files
 
 from attachment_ops.config import DEFAULTS
 from attachment_ops.errors import ConfigurationError
@@ -30,6 +29,7 @@ from attachment_ops.preflight.samples import (
     prune_disk_samples,
     store_disk_samples,
 )
+from tests.preflight.helpers import MIB, TMPFS_BYTES, TMPFS_INODES, fill_file, make_empty_files
 
 PAGE = 4096
 BY_PERCENT = DiskThresholds(warn_percent=25.0, fail_percent=10.0, warn_bytes=0, fail_bytes=0)

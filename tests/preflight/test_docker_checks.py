@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from preflight_helpers import MIB
 
 from attachment_ops.config import DEFAULTS
 from attachment_ops.preflight.docker_engine import (
@@ -19,6 +18,7 @@ from attachment_ops.preflight.docker_engine import (
     parse_disk_usage,
 )
 from attachment_ops.preflight.model import Status
+from tests.preflight.helpers import MIB
 
 
 def section(**overrides: Any) -> dict[str, Any]:

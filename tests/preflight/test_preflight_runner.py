@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from preflight_helpers import MIB, fill_file
 
 from attachment_ops.errors import PreflightFailed
 from attachment_ops.preflight import Status, raise_for_failures, run_preflight
+from tests.preflight.helpers import MIB, fill_file
 
 
 @pytest.fixture

@@ -88,6 +88,14 @@ def test_text_table_wraps_long_cells() -> None:
     assert sum("word" in line for line in report.as_table().splitlines()) == 5
 
 
+def test_text_table_keeps_long_words_whole() -> None:
+    path = "/var/lib/docker/" + "x" * 60
+    report = PreflightReport(results=(row(Status.FAIL, value=f"2.0 MiB free on {path}"), row(Status.PASS)))
+    lines = report.as_table().splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert sum(path in line for line in lines) == 1
+
+
 def test_text_table_lists_every_row() -> None:
     table = MIXED.as_table()
     for result in MIXED.results:

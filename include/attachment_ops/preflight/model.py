@@ -212,15 +212,20 @@ def _row_cells(result: CheckResult) -> tuple[str, ...]:
 def format_text_table(results: Iterable[CheckResult]) -> str:
     """Lay results out in fixed-width columns, wrapping long cells onto continuation lines."""
     rows = [_row_cells(result) for result in results]
+    # A column is at most its cap wide, unless one word (a path, a URL) is longer: words are never split.
     widths = [
-        min(cap, max([len(header)] + [len(row[index]) for row in rows]))
+        max(
+            len(header),
+            min(cap, max((len(row[index]) for row in rows), default=0)),
+            max((len(word) for row in rows for word in row[index].split()), default=0),
+        )
         for index, (header, cap) in enumerate(zip(_HEADERS, _TEXT_WIDTHS, strict=True))
     ]
     separator = "+-" + "-+-".join("-" * width for width in widths) + "-+"
     lines = [separator, _text_line(_HEADERS, widths), separator]
     for row in rows:
         wrapped = [
-            textwrap.wrap(cell, width, break_on_hyphens=False) or [""]
+            textwrap.wrap(cell, width, break_long_words=False, break_on_hyphens=False) or [""]
             for cell, width in zip(row, widths, strict=True)
         ]
         for line_index in range(max(len(cell) for cell in wrapped)):

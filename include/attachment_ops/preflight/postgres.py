@@ -368,7 +368,9 @@ def _timeouts_result(
                 f"{section}.lock_timeout_ms {lock_timeout} is not below {section}.statement_timeout_ms {statement_timeout}"
             )
 
-    inherited_text = ", ".join(f"{name} {inherited.get(name, '?')} ms" for name in _TIMEOUT_SETTINGS)
+    inherited_text = ", ".join(
+        f"{name} {_milliseconds_text(inherited.get(name))}" for name in _TIMEOUT_SETTINGS
+    )
     value = f"new sessions start with {inherited_text}; role/database settings: {'; '.join(role_settings) or 'none'}"
     metrics = {"session": session, "inherited": inherited, "role_settings": role_settings}
     threshold = "package sessions keep their own timeouts; lock_timeout below statement_timeout"
@@ -394,6 +396,12 @@ def _timeouts_result(
         source=source,
         metrics=metrics,
     )
+
+
+def _milliseconds_text(setting: str | None) -> str:
+    if setting is None:
+        return "unknown"
+    return "0 (off)" if setting == "0" else f"{setting} ms"
 
 
 def _local_data_directory(conn: psycopg.Connection) -> str | None:
