@@ -107,3 +107,12 @@ def test_unreachable_docker_required_fails(make_config: Any, tmp_path: Path) -> 
         config, postgres_conninfo=None, s3_settings=None, docker_host=f"unix://{tmp_path}/absent.sock"
     )
     assert [result.name for result in report.failed] == ["docker engine"]
+
+
+def test_broken_check_becomes_unknown(make_config: Any) -> None:
+    config = make_config(preflight={"disk_default_paths": False, "docker_enabled": False})
+    report = run_preflight(config, postgres_conninfo=None, s3_settings="not S3Settings")  # type: ignore[arg-type]
+    s3_rows = [result for result in report.results if result.group == "s3"]
+    assert [(result.name, result.status) for result in s3_rows] == [("s3 checks", Status.UNKNOWN)]
+    assert s3_rows[0].error == "AttributeError"
+    assert s3_rows[0].value.startswith("the check itself failed: AttributeError")
