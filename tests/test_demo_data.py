@@ -26,7 +26,7 @@ from psycopg import sql
 from attachment_ops import demo_data
 from attachment_ops.config import GIB, MIB
 from attachment_ops.demo_data import CREATED_END, CREATED_SPAN, PlannedRow
-from attachment_ops.errors import ConfigurationError
+from attachment_ops.errors import ConfigurationError, PermanentError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -471,6 +471,11 @@ def test_reset_replaces_table(pg_dsn, pg_schema):
         pg_dsn, table=table, seed=1, reset=True, scale="demo", rows=25, size_factor=0.05
     )
     assert len(demo_data.read_expected(pg_dsn, table)) == result.rows == 25
+
+
+def test_reserved_schema_is_permanent(pg_dsn):
+    with pytest.raises(PermanentError, match="unacceptable schema name"):
+        demo_data.generate(pg_dsn, table="pg_catalog.demo_attachments", **SMALL)
 
 
 def test_client_without_bucket_rejected(pg_dsn, pg_schema, s3_client):

@@ -968,9 +968,11 @@ def generate(
     before the row that points at them commits. Without a client, the keys point at nothing.
 
     :raises ConfigurationError: on a bad scale, table name, prefix, or an existing table without ``reset``.
-    :raises TransientError, PermanentError: from the database or S3, as classified by db and storage.
+    :raises TransientError, PermanentError: on a database or S3 failure, classified as retryable or not.
     """
-    from attachment_ops.db import connect
+    import psycopg
+
+    from attachment_ops.db import classify_pg_error, connect
 
     if s3_client is not None and not bucket:
         raise ConfigurationError("An S3 client was given without a bucket. Pass bucket= (--bucket).")
@@ -996,27 +998,30 @@ def generate(
     started = time.monotonic()
     uploader = _Uploader(s3_client, bucket, prefix)
     expected: dict[int, ExpectedContent] = {}
-    with connect(conninfo, autocommit=True, statement_timeout_ms=0) as conn:
-        create_tables(conn, table, reset=reset)
-        written = 0
-        written_rows = 0
-        for batch in _batches(planned):
-            expected.update(_write_batch(conn, table, batch, seed, uploader))
-            written += sum(row.size or 0 for row in batch)
-            written_rows += len(batch)
-            elapsed = max(time.monotonic() - started, 1e-6)
-            rate = written / MIB / elapsed
-            eta = (total_bytes - written) / MIB / rate if rate > 0 else 0.0
-            log.info(
-                "Inserted %d of %d rows, %.1f of %.1f MiB (%.1f MiB/s, about %.0f s left)",
-                written_rows,
-                len(planned),
-                written / MIB,
-                total_bytes / MIB,
-                rate,
-                eta,
-            )
-        _finish_table(conn, table)
+    try:
+        with connect(conninfo, autocommit=True, statement_timeout_ms=0) as conn:
+            create_tables(conn, table, reset=reset)
+            written = 0
+            written_rows = 0
+            for batch in _batches(planned):
+                expected.update(_write_batch(conn, table, batch, seed, uploader))
+                written += sum(row.size or 0 for row in batch)
+                written_rows += len(batch)
+                elapsed = max(time.monotonic() - started, 1e-6)
+                rate = written / MIB / elapsed
+                eta = (total_bytes - written) / MIB / rate if rate > 0 else 0.0
+                log.info(
+                    "Inserted %d of %d rows, %.1f of %.1f MiB (%.1f MiB/s, about %.0f s left)",
+                    written_rows,
+                    len(planned),
+                    written / MIB,
+                    total_bytes / MIB,
+                    rate,
+                    eta,
+                )
+            _finish_table(conn, table)
+    except psycopg.Error as error:
+        raise classify_pg_error(error, f"write demo rows into {table}") from error
 
     result = GenerationResult(
         table=table,
