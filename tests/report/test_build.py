@@ -216,6 +216,7 @@ def test_chain_figures_included(tmp_path):
     assert result.document["trigger"] == "chain"
     assert chain["offload"]["rows"] == 120
     assert chain["offload"]["failures"] == 1
+    assert "rows_offloaded" not in chain["offload"]
     assert chain["offload"]["throughput_mib_s"] == 5.0
     assert chain["table_sizes"]["after"]["toast_bytes"] == 1_000_000
     assert "- Offload: 120 rows, 20,971,520 B (20.0 MiB) moved, 5.0 MiB/s, failures 1" in result.markdown

@@ -188,3 +188,15 @@ def test_previous_reports_limited(tmp_path):
         store.save(report_id, {"report.json": json.dumps({"report_id": report_id}).encode()})
     previous = load_previous_reports(store, before_id="20260106T000000Z_r", limit=2)
     assert [r["report_id"] for r in previous] == ["20260105T000000Z_r", "20260104T000000Z_r"]
+
+
+def test_caveat_for_few_samples():
+    current = report("20260106T000000Z_f", ("page", "api", 6.0, 10.0))
+    current["http"]["endpoints"][0]["p95_sufficient"] = False
+    comparison = compare(current, PREVIOUS)
+    assert comparison["caveat"].startswith("1 endpoint(s) have fewer than 20 samples")
+
+
+def test_no_caveat_with_enough_samples():
+    comparison = compare(report("20260106T000000Z_f", ("page", "api", 6.0, 10.0)), PREVIOUS)
+    assert comparison["caveat"] is None

@@ -10,8 +10,8 @@ The chain passes one dict; every key is optional and unknown keys are kept as th
 ``offload``
     ``{"rows": int, "bytes": int, "seconds": float, "failures": int}``; ``throughput_mib_s`` is
     computed from bytes and seconds when it is missing. The offload stage's own summary keys
-    ``rows_offloaded``, ``bytes_offloaded``, ``failed_rows`` and ``mib_per_second_per_batch`` fill
-    these names when they are absent.
+    ``rows_offloaded``, ``bytes_offloaded``, ``failed_rows`` and ``mib_per_second_per_batch`` are
+    renamed to these names when those are absent.
 ``verification``
     ``{"status": "passed" | "failed", ...}`` with any counts the verification stage returns.
 ``table_sizes``
@@ -83,7 +83,7 @@ def normalize_chain_figures(raw: Mapping[str, Any] | None) -> dict[str, Any] | N
             raise ConfigurationError(f"Chain figure offload must be an object, got {offload!r}.")
         for alias, key in OFFLOAD_ALIASES.items():
             if offload.get(key) is None and offload.get(alias) is not None:
-                offload[key] = offload[alias]
+                offload[key] = offload.pop(alias)
         for key in ("rows", "bytes", "seconds", "failures", "throughput_mib_s"):
             _number("offload", key, offload.get(key))
         seconds = offload.get("seconds")

@@ -465,7 +465,7 @@ def measurement_environment() -> dict[str, Any]:
     import httpx
 
     try:
-        load = list(os.getloadavg())
+        load = [round(value, 2) for value in os.getloadavg()]
     except OSError:
         load = None
     return {

@@ -37,10 +37,10 @@ def format_percentile(endpoint: Mapping[str, Any], percent: int) -> str:
 
 
 def format_value(key: str, value: Any) -> str:
-    """Format a chain or probe value: byte counts by key name, floats to 3 digits, the rest as text."""
+    """Format a chain or probe value: byte counts when the key contains "bytes", floats to 3 digits."""
     if isinstance(value, bool) or value is None:
         return str(value).lower() if isinstance(value, bool) else "–"
-    if isinstance(value, int | float) and (key.endswith("bytes") or key == "bytes"):
+    if isinstance(value, int | float) and "bytes" in key:
         return format_bytes(value)
     if isinstance(value, float):
         return f"{value:,.3f}"

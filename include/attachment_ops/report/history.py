@@ -280,8 +280,18 @@ def compare_with_baseline(
             mean_delta_ms=endpoint["mean_ms"] - baseline_mean,
         )
         entries.append(entry)
+    few_samples = [
+        key for key, endpoint in _measured(current).items() if not endpoint.get("p95_sufficient", True)
+    ]
+    caveat = None
+    if few_samples:
+        caveat = (
+            f"{len(few_samples)} endpoint(s) have fewer than 20 samples, so their p95 is the slowest request "
+            "and one slow request can flag a regression. Set report.samples to 20 or more for a steadier p95."
+        )
     return {
         "baseline": f"median of the previous {baseline_runs} runs that measured the endpoint",
+        "caveat": caveat,
         "tolerance": {"regression_percent": tolerance.percent, "regression_min_ms": tolerance.min_ms},
         "rule": (
             f"regression when p95 exceeds the baseline p95 by more than {tolerance.percent:g}% and by at "

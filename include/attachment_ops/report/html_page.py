@@ -27,14 +27,15 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 28px; }
 h3 { font-size: 15px; } .meta { color: #555; }
 table { border-collapse: collapse; margin: 8px 0; } th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; }
-th { text-align: left; background: #f4f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { text-align: left; background: #f4f4f6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .badge { display: inline-block; padding: 2px 8px; border-radius: 10px; font-weight: 600; }
 .bad { background: #fde2e1; color: #9b1c1c; } .good { background: #def7e5; color: #1d6b35; }
 .warn { background: #fff4d6; color: #7a5200; }
 .flag { color: #9b1c1c; } .note { color: #555; font-size: 13px; }
 svg { font: 12px system-ui, sans-serif; } svg .grid { stroke: #e3e3e8; } svg .p95 { stroke: #111; stroke-width: 2; }
 svg .tick { fill: #555; } svg .label { fill: #1d1d1f; } svg .value { fill: #333; }
-.empty { color: #777; font-style: italic; } code { background: #f4f4f6; padding: 0 3px; }
+.empty { color: #777; font-style: italic; } .scroll { overflow-x: auto; } code { background: #f4f4f6; padding: 0 3px; }
 """
 
 
@@ -48,7 +49,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[tuple[str, bool]]], cs
         for row in rows
     )
     class_attribute = f' class="{css_class}"' if css_class else ""
-    return f"<table{class_attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table{class_attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def _text(value: Any) -> tuple[str, bool]:
@@ -139,6 +141,8 @@ def _comparison_section(comparison: Mapping[str, Any], trend: Mapping[str, Any] 
         "<h2>Comparison with baseline</h2>",
         f'<p class="note">Baseline: {esc(comparison["baseline"])}; {esc(comparison["rule"])}.</p>',
     ]
+    if comparison.get("caveat"):
+        parts.append(f'<p class="note">{esc(comparison["caveat"])}</p>')
     rows = []
     for entry in comparison.get("endpoints") or []:
         status = entry["status"]

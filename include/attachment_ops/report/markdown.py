@@ -104,6 +104,8 @@ def _comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
         f"Baseline: {comparison['baseline']}; {comparison['rule']}.",
         "",
     ]
+    if comparison.get("caveat"):
+        lines += [comparison["caveat"], ""]
     rows = [
         [
             entry["endpoint"],
