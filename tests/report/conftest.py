@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
+
 from tests.report.bench_server import BenchServer, handler_for
 
 

@@ -6,7 +6,6 @@ import logging
 import psycopg
 import pytest
 from psycopg import sql
-from tests.report.bench_server import BEARER_SECRET
 
 from attachment_ops.config import load_config
 from attachment_ops.errors import ConfigurationError
@@ -18,6 +17,7 @@ from attachment_ops.report.airflow_task import (
     target_from_connection_fields,
 )
 from attachment_ops.report.history import BucketReportStore, LocalReportStore
+from tests.report.bench_server import BEARER_SECRET
 
 
 @pytest.mark.parametrize(

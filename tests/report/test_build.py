@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 from psycopg import sql
-from tests.report.bench_server import BASIC_SECRET, BASIC_USER, BEARER_SECRET
 
 from attachment_ops.config import load_config
 from attachment_ops.errors import TransientError
 from attachment_ops.report.build import SCHEMA_VERSION, produce_report, raise_on_regression
 from attachment_ops.report.endpoints import Target
 from attachment_ops.report.history import BenchmarkRegression, BucketReportStore, LocalReportStore
+from tests.report.bench_server import BASIC_SECRET, BASIC_USER, BEARER_SECRET
 
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 SCRIPT = "<script>alert(1)</script>"

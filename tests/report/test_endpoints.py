@@ -3,7 +3,6 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from tests.report.bench_server import BASIC_SECRET, BASIC_USER, BEARER_SECRET, gzip_body
 
 from attachment_ops.errors import ConfigurationError
 from attachment_ops.report.endpoints import (
@@ -15,6 +14,7 @@ from attachment_ops.report.endpoints import (
     run_http_benchmark,
 )
 from attachment_ops.report.stats import percentile_nearest_rank
+from tests.report.bench_server import BASIC_SECRET, BASIC_USER, BEARER_SECRET, gzip_body
 
 
 def measure(targets, *specs, **settings):
