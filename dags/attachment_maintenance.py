@@ -60,15 +60,10 @@ from attachment_ops.dag_support import (
 def attachment_maintenance() -> None:
     @task(execution_timeout=timedelta(minutes=30))
     def plan(**context: Any) -> list[dict[str, Any]]:
-        from attachment_ops.tasks.offload import offload_overrides
+        from attachment_ops.tasks.offload import overrides_from_context
         from attachment_ops.tasks.offload import plan as run
 
-        overrides = offload_overrides(
-            dict(context["params"]),
-            run_type=str(getattr(context["dag_run"], "run_type", "") or ""),
-            data_interval_start=context.get("data_interval_start"),
-            data_interval_end=context.get("data_interval_end"),
-        )
+        overrides = overrides_from_context(context)
         result = run(overrides)
         # The mapped list carries only batch descriptors; the totals travel under their own key.
         context["ti"].xcom_push(key="plan_summary", value={k: v for k, v in result.items() if k != "batches"})

@@ -31,7 +31,7 @@ PARAM_KEYS = (
 def offload_overrides(
     params: dict[str, Any],
     *,
-    run_type: str | None,
+    run_type: Any,
     data_interval_start: datetime | None,
     data_interval_end: datetime | None,
 ) -> dict[str, Any]:
@@ -42,11 +42,23 @@ def offload_overrides(
     uses created_from and created_to from the form when given, and otherwise catches up by limit.
     """
     overrides = {key: params.get(key) for key in PARAM_KEYS if params.get(key) not in (None, "")}
+    # The Task SDK's DagRunType is a str enum whose str() is "DagRunType.SCHEDULED", not its value.
+    run_type = getattr(run_type, "value", run_type)
     if run_type in INTERVAL_RUN_TYPES and data_interval_start and data_interval_end:
         if data_interval_start < data_interval_end:
             overrides["created_from"] = data_interval_start.isoformat()
             overrides["created_to"] = data_interval_end.isoformat()
     return overrides
+
+
+def overrides_from_context(context: dict[str, Any]) -> dict[str, Any]:
+    """Read the run's params, run type and data interval from a task context."""
+    return offload_overrides(
+        dict(context.get("params") or {}),
+        run_type=getattr(context.get("dag_run"), "run_type", None),
+        data_interval_start=context.get("data_interval_start"),
+        data_interval_end=context.get("data_interval_end"),
+    )
 
 
 def _clients(config: MaintenanceConfig) -> tuple[str, Any]:

@@ -20,14 +20,9 @@ def _planned_bytes(config: Any, conninfo: str, context: dict[str, Any]) -> int:
     from attachment_ops.offload.mapping import resolve_table
     from attachment_ops.offload.params import build_params
     from attachment_ops.offload.planner import plan_offload
-    from attachment_ops.tasks.offload import offload_overrides
+    from attachment_ops.tasks.offload import overrides_from_context
 
-    overrides = offload_overrides(
-        dict(context.get("params") or {}),
-        run_type=str(getattr(context.get("dag_run"), "run_type", "") or ""),
-        data_interval_start=context.get("data_interval_start"),
-        data_interval_end=context.get("data_interval_end"),
-    )
+    overrides = overrides_from_context(context)
     overrides["dry_run"] = True
     params = build_params(config, overrides)
     with connect(conninfo, application_name="attachment_ops preflight plan") as conn:
