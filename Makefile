@@ -61,5 +61,5 @@ format: venv
 airflow: airflow-init
 	$(WITH_ENV) $(VENV)/bin/airflow standalone
 
-clean: services-down
-	rm -rf .local
+clean:
+	@test -x $(PY) && $(SERVICES) clean || rm -rf .local
