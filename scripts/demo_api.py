@@ -2,7 +2,7 @@
 
 The demo benchmarks real HTTP endpoints on 127.0.0.1: a 25-row customer page and the full
 customer and item lists, whose payload sizes are of the same order as the production figures
-(about 15 KB, 220 KB and 325 KB). Requests need the bearer token; answers are deterministic JSON.
+(about 15 KB, 220 KB and 325 KB). Requests need the bearer token, and responses are deterministic JSON.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ OFFLOAD_POOL_SLOTS = 4
 
 
 class ServiceError(RuntimeError):
-    """A service could not start; the message says which and what to do."""
+    """A service could not start. The message names the service and the fix."""
 
 
 def free_port() -> int:
@@ -228,7 +228,7 @@ def bootstrap_postgres(pg: dict) -> None:
         psql_admin(pg, f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
     psql_admin(pg, "CREATE EXTENSION IF NOT EXISTS pgstattuple", database=APP_DB)
     # pg_repack's extension comes with Debian's postgresql-15-repack; without it the reclaim
-    # stage says what to install.
+    # stage names the package to install.
     if psql_admin(pg, "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_repack'") == "1":
         psql_admin(pg, "CREATE EXTENSION IF NOT EXISTS pg_repack", database=APP_DB)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Error codes after which a retry cannot succeed; each message says what to fix.
+# Error codes after which a retry cannot succeed, each with the cause to report.
 PERMANENT_CODES = {
     "AccessDenied": "the credentials lack permission for this bucket or key",
     "AllAccessDisabled": "access to the bucket is disabled",
@@ -59,7 +59,7 @@ TRANSIENT_CODES = {
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where the bucket lives and how to sign requests to it."""
+    """Endpoint, region, addressing style and credentials of the S3 connection."""
 
     endpoint_url: str | None = None
     region_name: str | None = None

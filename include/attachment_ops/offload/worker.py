@@ -161,7 +161,7 @@ def run_batch(
 ) -> BatchResult:
     """Offload the rows of one batch descriptor and return what happened to each.
 
-    Rows that another worker holds are skipped, not waited for; the next run takes them.
+    Rows locked by another worker are skipped, not waited for, and the next run takes them.
 
     :raises PermanentError: at the first permanent failure (bad credentials, missing bucket),
         after recording it; rows already flipped stay flipped.

@@ -55,7 +55,7 @@ def choose_reclaim_path(context: dict[str, Any], vacuum_result: dict[str, Any]) 
     """Return the task ids to follow: the report alone, the approval step, or the reclaim itself.
 
     The window, the disk room and pg_repack's presence are checked before anyone is asked to
-    approve, so nobody approves a rewrite that cannot run.
+    approve, so no person is asked to approve a rewrite that cannot run.
     """
     from attachment_ops.reclaim_gate import evaluate_full_reclaim
 
@@ -95,10 +95,12 @@ def full_reclaim(context: dict[str, Any]) -> dict[str, Any]:
     method = params["reclaim"]
     conninfo = postgres_conninfo(config.section("connections")["postgres"])
     unattended = bool(params.get("approve_unattended")) or config.section("reclaim")["unattended_approval"]
-    # This task runs only when the approval step answered Approve, or was skipped as unattended.
+    # This task runs only after the approval step returned Approve, or was skipped as unattended.
     decision = evaluate_full_reclaim(conninfo, config, method, approved=not unattended, unattended=unattended)
     if not decision.allow:
-        raise PermanentError(f"Full reclaim ({method}) refused after approval: {'; '.join(decision.reasons)}")
+        raise PermanentError(
+            f"Full reclaim ({method}) not started after approval because a check failed: {'; '.join(decision.reasons)}"
+        )
     result = run(conninfo, config, method)
     log.info("%s", result.get("message", ""))
     return result
