@@ -370,6 +370,7 @@ class _Queries:
         self.ledger_schema = config.section("offload")["ledger_schema"]
         with _read_only(conn):
             resolved = resolve_table(conn, self.mapping)
+            self.resolved = resolved
             self.has_ledger = ledger.schema_exists(conn, self.ledger_schema)
         self.ids = {
             "table": resolved.table,
@@ -731,8 +732,8 @@ def _reread_objects(
 
 
 def package_key_pattern(prefix: str) -> re.Pattern[str]:
-    """Match the keys the offload writes: ``<prefix><row id>/<sha256 hex>``."""
-    return re.compile(re.escape(prefix) + r"(\d+)/([0-9a-f]{64})")
+    """Match the keys the offload writes: ``<prefix><row id>/<sha256 hex>``; row ids may be negative."""
+    return re.compile(re.escape(prefix) + r"(-?\d+)/([0-9a-f]{64})")
 
 
 def _scan_orphans(
@@ -748,6 +749,8 @@ def _scan_orphans(
 
     Only keys of the offload's own form are ever deleted. An object whose row has a ledger entry
     within the grace period is kept too, because an offload of that row may be about to flip to it.
+    The decision and the delete run under the row's advisory lock, so an offload or restore that
+    is working on the row at that moment keeps its object whatever the grace period.
     """
     pattern = package_key_pattern(config.prefix)
     grace_seconds = settings.orphan_grace_hours * 3600
@@ -800,29 +803,63 @@ def _handle_orphan(
     result.orphan_count += 1
     result.orphan_bytes += item.get("Size") or 0
     if settings.delete_orphans:
-        entry["kept_because"] = _orphan_kept_reason(
-            conn, queries, match, age_seconds, grace_seconds, now, key
-        )
-        if entry["kept_because"] is None:
-            call_with_retries(
-                lambda: s3_client.delete_object(Bucket=config.bucket, Key=key),
-                f"DELETE {key}",
-                _retry_policy(config),
-                bucket=config.bucket,
-            )
-            entry["deleted"] = True
-            result.orphans_deleted += 1
-            log.warning(
-                "Deleted orphan object s3://%s/%s (%s bytes, %.1f h old)",
-                config.bucket,
-                key,
-                item.get("Size"),
-                age_seconds / 3600,
-            )
-        else:
-            log.info("Kept orphan object %s: %s", key, entry["kept_because"])
+        with _row_locked(conn, queries, match) as locked:
+            if locked:
+                entry["kept_because"] = _orphan_kept_reason(
+                    conn, queries, match, age_seconds, grace_seconds, now, key
+                )
+            else:
+                entry["kept_because"] = "an offload or restore of its row is running"
+            if entry["kept_because"] is None:
+                call_with_retries(
+                    lambda: s3_client.delete_object(Bucket=config.bucket, Key=key),
+                    f"DELETE {key}",
+                    _retry_policy(config),
+                    bucket=config.bucket,
+                )
+                entry["deleted"] = True
+                result.orphans_deleted += 1
+                log.warning(
+                    "Deleted orphan object s3://%s/%s (%s bytes, %.1f h old)",
+                    config.bucket,
+                    key,
+                    item.get("Size"),
+                    age_seconds / 3600,
+                )
+            else:
+                log.info("Kept orphan object %s: %s", key, entry["kept_because"])
     if len(result.orphans) < MAX_LISTED:
         result.orphans.append(entry)
+
+
+@contextmanager
+def _row_locked(conn: psycopg.Connection, queries: _Queries, match: re.Match[str] | None) -> Iterator[bool]:
+    """Hold the row's advisory lock, the one offload and restore take, while an orphan is judged.
+
+    An offload holds it from before its upload until after its flip, so an object it is about to
+    flip to is never deleted. Yields False when another session holds it. A key not of the
+    offload's form names no row, so nothing is locked and True is yielded.
+    """
+    from attachment_ops.offload.worker import release_row_lock, try_row_lock
+
+    if match is None:
+        yield True
+        return
+    row_id = int(match.group(1))
+    locked = try_row_lock(conn, queries.resolved, row_id)
+    if not conn.autocommit:
+        # The lock is session-level and survives the commit. An open transaction would break the
+        # READ ONLY transactions that follow.
+        conn.commit()
+    if not locked:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        release_row_lock(conn, queries.resolved, row_id)
+        if not conn.autocommit:
+            conn.commit()
 
 
 def _orphan_kept_reason(
