@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         # and uploaded as a multipart upload, so memory stays bounded for a 1 GB bytea.
         "multipart_threshold_bytes": 16 * MIB,
         "part_size_bytes": 8 * MIB,
+        # Verify every upload by reading it back and hashing it, even when the server returns the
+        # SHA-256 it stored; for servers whose stored checksum is not trusted.
+        "verify_read_back": False,
         "connect_timeout_seconds": 10,
         "read_timeout_seconds": 120,
         "max_attempts": 5,

@@ -436,3 +436,16 @@ def test_large_blob_goes_multipart(pg_dsn, pg_schema, bucket, s3_client):
     assert object_bytes(s3_client, bucket, key) == data
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"{pg_schema}_ledger")))
+
+
+def test_read_back_verification_when_configured(attachments, s3_client):
+    config = load_config(
+        {
+            **attachments.config.data,
+            "storage": {**attachments.config.data["storage"], "verify_read_back": True},
+        }
+    )
+
+    summary = run_offload(attachments.dsn, s3_client, config)
+
+    assert summary["verified_by"] == {"read_back": 12}

@@ -82,10 +82,6 @@ class BatchResult:
         return asdict(self)
 
 
-class _Stop(Exception):
-    """Raised inside a worker thread when another thread hit a permanent error."""
-
-
 @dataclass
 class _Shared:
     """State shared by the threads of one batch."""
@@ -402,6 +398,7 @@ def _offload_row(conn: psycopg.Connection, context: BatchContext, row: RowInfo) 
             sha256_hex=sha256_hex,
             expected_checksum=expected_checksum,
             policy=context.policy,
+            always_read_back=context.storage["verify_read_back"],
         )
         if _flip(conn, context, row.row_id, xmin, attempt_id, key, size, sha256_hex):
             return "offloaded", verified_by
