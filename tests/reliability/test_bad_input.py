@@ -71,7 +71,10 @@ def test_null_empty_and_one_byte_blobs(make_dataset, s3_client):
 
 
 def test_large_blob_in_bounded_memory(make_dataset, s3_client, large_blob_bytes, rng):
-    data = rng.randbytes(large_blob_bytes)
+    # randbytes takes at most 2**31 bits at a time, so a few hundred MB are drawn in pieces.
+    data = b"".join(
+        rng.randbytes(min(MIB, large_blob_bytes - offset)) for offset in range(0, large_blob_bytes, MIB)
+    )
     dataset = make_dataset([RowSpec(1, data, "big.bin")])
     del data
 
