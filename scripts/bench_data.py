@@ -162,7 +162,7 @@ def describe(table: str = TABLE, scale: str = "", seed: int = 0) -> DataSet:
 
 
 def reset_state(client: BaseClient, expected: DataSet) -> float:
-    """Restore the table from the pristine copy, drop the ledger and empty the bucket; return seconds.
+    """Restore the table from its pristine copy, drop the ledger, empty the bucket, return the seconds.
 
     :raises RuntimeError: when the restored table does not hold the rows and bytes of ``expected``.
     """
@@ -183,7 +183,8 @@ def reset_state(client: BaseClient, expected: DataSet) -> float:
         conn.execute(f"VACUUM ANALYZE {TABLE}")
     admin_dsn = os.environ.get("ADMIN_PG_DSN")
     if admin_dsn:
-        # A checkpoint now keeps one from starting in the middle of a measured run.
+        # After a checkpoint now, the next timed one is checkpoint_timeout away, so one is less
+        # likely to start in the middle of a measured run.
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
             admin.execute("CHECKPOINT")
     deleted = empty_bucket(client)
@@ -212,7 +213,7 @@ def _copy_field(value: bytes) -> bytes:
 
 
 def create_big_table(client: BaseClient, seed: int, blob_bytes: int = BIG_BLOB_BYTES) -> DataSet:
-    """Copy the first BIG_TABLE_ROWS pristine rows into BIG_TABLE and add one row of ``blob_bytes`` random bytes.
+    """Copy the first BIG_TABLE_ROWS pristine rows into BIG_TABLE, plus a row of ``blob_bytes`` random bytes.
 
     The blob is streamed to the server with a binary COPY in 1 MiB pieces, so this process never
     keeps the whole value in memory. Random bytes do not compress, so TOAST stores the value uncompressed.

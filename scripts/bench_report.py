@@ -1,6 +1,6 @@
 """Turn the benchmark's raw results into medians, ratios, target checks and Markdown tables.
 
-Throughput is in MB/s with MB = 10^6 bytes; memory is in MiB. Ratios are computed within each
+Throughput is in MB/s with MB = 10^6 bytes, and memory is in MiB. Ratios are computed within each
 round (the library against the limit measured in the same round), then summarized as a median
 with min and max, so slow periods on the shared machine hit both sides of a ratio alike.
 """
@@ -32,8 +32,8 @@ def _mb_per_second(result: dict[str, Any]) -> float:
 
 
 def _peak_rss_mib(variant: str, result: dict[str, Any]) -> float:
-    # For Airflow, the peak of the task process during the offload tasks (they run inside the
-    # `airflow dags test` process); for the others, the variant process's ru_maxrss.
+    # Airflow runs its tasks inside the `airflow dags test` process, so its figure is that process's
+    # peak during the offload tasks. The other variants report their own process's ru_maxrss.
     key = "peak_rss_kib" if variant == "airflow" else "process_peak_rss_kib"
     return result[key] / 1024
 
@@ -258,7 +258,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Data set: `{data['table']}`, {data['scale']} scale, seed {data['seed']}: {data['rows']} inline rows, "
         f"{data['bytes'] / 1e6:.1f} MB, largest {data['largest_bytes'] / 1e6:.1f} MB. "
-        f"{settings['runs']} rounds, concurrency {settings['workers_per_batch']}, batches of "
+        f"{settings['runs']} round{'s' if settings['runs'] != 1 else ''}, concurrency {settings['workers_per_batch']}, batches of "
         f"{settings['batch_rows']} rows, multipart above {settings['multipart_threshold_bytes'] / 2**20:.0f} MiB "
         f"in {settings['part_size_bytes'] / 2**20:.0f} MiB parts. "
         f"Total benchmark time {results.get('total_seconds', 0):.0f} s.",
@@ -270,7 +270,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _big_blob_note(results)
     lines += _parse_table(results)
 
-    lines += ["", "| Target | measured | target | met |", "|---|---|---|---|"]
+    if summary["targets"]:
+        lines += ["", "| Target | measured | target | met |", "|---|---|---|---|"]
     for target in summary["targets"]:
         met = "yes" if target["met"] else "**no**"
         lines.append(f"| {target['name']} | {target['value']} | {target['target']} | {met} |")
