@@ -69,7 +69,9 @@ DEFAULTS: dict[str, Any] = {
     "offload": {
         # Safe defaults for a scheduled run: a bounded number of rows and bytes per run.
         "limit": 500,
-        "batch_rows": 50,
+        # Each mapped task costs Airflow about half a second to start and finish, so batches carry
+        # a few seconds of work at least; max_batch_bytes closes batches of large files first.
+        "batch_rows": 200,
         "max_batch_bytes": 512 * MIB,
         # Stays well under Airflow's [core] max_map_length (1024 by default).
         "max_batches": 200,

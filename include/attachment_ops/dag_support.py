@@ -51,7 +51,7 @@ def offload_params() -> dict[str, Param]:
             section="Offload",
         ),
         "batch_rows": Param(
-            50,
+            200,
             type="integer",
             minimum=1,
             maximum=10000,

@@ -438,6 +438,12 @@ def test_large_blob_goes_multipart(pg_dsn, pg_schema, bucket, s3_client):
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"{pg_schema}_ledger")))
 
 
+def test_upload_checksum_confirms_objects(attachments, s3_client):
+    summary = run_offload(attachments.dsn, s3_client, attachments.config)
+
+    assert summary["verified_by"] == {"upload_checksum": 12}
+
+
 def test_read_back_verification_when_configured(attachments, s3_client):
     config = load_config(
         {
@@ -449,3 +455,29 @@ def test_read_back_verification_when_configured(attachments, s3_client):
     summary = run_offload(attachments.dsn, s3_client, config)
 
     assert summary["verified_by"] == {"read_back": 12}
+
+
+@pytest.mark.parametrize(
+    ("upload_checksum", "expected"),
+    [(None, "checksum"), ("d3Jvbmc=", "checksum"), ("same", "upload_checksum")],
+)
+def test_verify_object_paths(bucket, s3_client, upload_checksum, expected):
+    from attachment_ops.offload.objects import verify_object
+    from attachment_ops.storage import RetryPolicy, sha256_base64
+
+    data = b"payload"
+    checksum = sha256_base64(sha256(data))
+    s3_client.put_object(Bucket=bucket, Key="k", Body=data, ChecksumSHA256=checksum)
+
+    how = verify_object(
+        s3_client,
+        bucket,
+        "k",
+        size=len(data),
+        sha256_hex=sha256(data),
+        expected_checksum=checksum,
+        policy=RetryPolicy(max_attempts=1),
+        upload_checksum=checksum if upload_checksum == "same" else upload_checksum,
+    )
+
+    assert how == expected

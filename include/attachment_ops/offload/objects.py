@@ -85,6 +85,7 @@ def verify_object(
     expected_checksum: str,
     policy: RetryPolicy,
     always_read_back: bool = False,
+    upload_checksum: str | None = None,
 ) -> str:
     """Confirm that ``key`` holds exactly ``size`` bytes with SHA-256 ``sha256_hex``.
 
@@ -92,11 +93,17 @@ def verify_object(
     ``…-N`` form for multipart) when HEAD returns one; otherwise, or with ``always_read_back``,
     reads the object back and hashes it. An ETag is never trusted as a content hash.
 
-    :returns: how it was verified, ``"checksum"`` or ``"read_back"``.
+    ``upload_checksum`` is the checksum the upload's response returned. S3 computes it from the
+    body it received and rejects a body that does not match the checksum sent (BadDigest), so a
+    returned value equal to ``expected_checksum`` confirms the stored bytes without a HEAD.
+
+    :returns: how it was verified: ``"upload_checksum"``, ``"checksum"`` or ``"read_back"``.
     :raises VerificationError: when the size or the checksum differs.
     """
     from attachment_ops.errors import VerificationError
 
+    if upload_checksum is not None and upload_checksum == expected_checksum and not always_read_back:
+        return "upload_checksum"
     head: dict[str, Any] = call_with_retries(
         lambda: client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"),
         f"HEAD {key}",

@@ -389,7 +389,7 @@ def _offload_row(conn: psycopg.Connection, context: BatchContext, row: RowInfo) 
                 detail="row changed while it was being read",
             )
             return "changed", ""
-        key, sha256_hex, expected_checksum, size = uploaded
+        key, sha256_hex, expected_checksum, size, upload_checksum = uploaded
         verified_by = verify_object(
             context.client,
             context.bucket,
@@ -399,6 +399,7 @@ def _offload_row(conn: psycopg.Connection, context: BatchContext, row: RowInfo) 
             expected_checksum=expected_checksum,
             policy=context.policy,
             always_read_back=context.storage["verify_read_back"],
+            upload_checksum=upload_checksum,
         )
         if _flip(conn, context, row.row_id, xmin, attempt_id, key, size, sha256_hex):
             return "offloaded", verified_by
@@ -463,7 +464,7 @@ def _upload_single(
     xmin: str,
     filename: str | None,
     content_type: str | None,
-) -> tuple[str, str, str, int] | None:
+) -> tuple[str, str, str, int, str | None] | None:
     table = context.table
     query = sql.SQL("SELECT {content} FROM {table} WHERE {pk} = %s AND xmin = %s::xid").format(
         content=table.column("content_column"), table=table.table, pk=table.column("primary_key")
@@ -479,7 +480,7 @@ def _upload_single(
     checksum = base64.b64encode(digest).decode("ascii")
     key = object_key(context.params.prefix, row_id, sha256_hex)
     headers = _upload_headers(context, row_id, sha256_hex, filename, content_type)
-    call_with_retries(
+    response = call_with_retries(
         lambda: context.client.put_object(
             Bucket=context.bucket,
             Key=key,
@@ -492,7 +493,7 @@ def _upload_single(
         context.policy,
         bucket=context.bucket,
     )
-    return key, sha256_hex, checksum, len(data)
+    return key, sha256_hex, checksum, len(data), response.get("ChecksumSHA256")
 
 
 def _upload_multipart(
@@ -503,7 +504,7 @@ def _upload_multipart(
     size: int,
     filename: str | None,
     content_type: str | None,
-) -> tuple[str, str, str, int] | None:
+) -> tuple[str, str, str, int, str | None] | None:
     """Stream a large value in slices into a multipart upload; memory stays one part.
 
     The key needs the content's SHA-256 before the first part, so Postgres computes it first
@@ -571,7 +572,7 @@ def _upload_multipart(
             raise VerificationError(
                 f"Row {row_id}: the slices read hash to {whole.hexdigest()}, but Postgres computed {sha256_hex}."
             )
-        call_with_retries(
+        completed = call_with_retries(
             lambda: client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             ),
@@ -582,7 +583,7 @@ def _upload_multipart(
     except BaseException:
         _abort_upload(context, key, upload_id)
         raise
-    return key, sha256_hex, composite_sha256(part_digests), size
+    return key, sha256_hex, composite_sha256(part_digests), size, completed.get("ChecksumSHA256")
 
 
 def _abort_upload(context: BatchContext, key: str, upload_id: str) -> None:
