@@ -450,6 +450,7 @@ def vacuum_analyze(conn_or_conninfo: psycopg.Connection | str, config: Maintenan
     :raises TransientError: when a lock is not granted within ``reclaim.lock_timeout_ms`` (the
         message names the sessions holding locks on the table) or ``statement_timeout`` cancels it.
     :raises MappingError: when the configured table does not exist.
+    :raises PermanentError: when the role may not vacuum the table, which Postgres only warns about.
     """
     import psycopg
     from psycopg import sql
@@ -481,6 +482,15 @@ def vacuum_analyze(conn_or_conninfo: psycopg.Connection | str, config: Maintenan
         except psycopg.Error as error:
             raise _maintenance_error(conn, target, action, error, reclaim) from error
 
+    # A role that may not vacuum the table gets only a warning, and the statement succeeds. The
+    # warning reads 'skipping "t" --- only table or database owner can vacuum it' in PostgreSQL 15
+    # and 'permission denied to vacuum "t", skipping it' in later releases.
+    skipped = [message for message in messages if message.startswith("skipping") or "skipping it" in message]
+    if skipped:
+        raise PermanentError(
+            f"VACUUM (ANALYZE) did not process {target.display_name}: {skipped[0]}. Run it as the table's "
+            "owner or a superuser: set that role on the Postgres connection (connections.postgres)."
+        )
     verbose = parse_vacuum_verbose(messages)
     result: dict[str, Any] = {
         "table": target.display_name,
