@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from attachment_ops.config import load_config
-from attachment_ops.errors import MappingError, PermanentError, TransientError
+from attachment_ops.errors import MappingError, PermanentError, TransientError, VerificationError
 from attachment_ops.offload import worker
 from attachment_ops.offload.objects import object_key
 from attachment_ops.offload.restore import restore_rows
@@ -220,6 +220,10 @@ def test_long_filename_fits_put_headers(name, make_dataset, s3_settings, plain_p
 
     largest = max(size for method, _, size in plain_proxy.header_sizes if method == "PUT")
     RECORD.maximum("PUT header bytes for a 1000-character filename", largest)
+    RECORD.bad_input(
+        "filenames of 1000 emoji or CJK characters",
+        f"known fault: offloaded here, but with PUT headers of up to {largest} bytes, above Amazon S3's 8 KB",
+    )
     assert largest <= AWS_PUT_HEADER_LIMIT
 
 
@@ -260,7 +264,14 @@ def test_content_types(make_dataset, s3_client):
 def test_content_type_with_carriage_return(make_dataset, s3_client):
     dataset = make_dataset([RowSpec(1, b"data", "f.txt", "text/plain; name=a\rb")])
 
-    summary = run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
+    try:
+        summary = run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
+    except TransientError:
+        RECORD.bad_input(
+            "content type with a lone carriage return",
+            "known fault: every upload attempt fails (HTTPClientError, transient), so the row is never offloaded",
+        )
+        raise
 
     assert summary["rows_offloaded"] == 1
 
@@ -478,3 +489,31 @@ def test_closed_endpoint_fails_fast(make_dataset, s3_settings, s3_client):
         f"TransientError 'could not connect to the endpoint' after {dataset.config.section('storage')['max_attempts']} "
         f"attempts ({elapsed:.1f} s); nothing written",
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=VerificationError,
+    reason="the inline_lost_bytes check flags every inline row with NULL or empty bytes whose latest ledger "
+    "entry recorded content, so an application that replaces an offloaded file with an empty one fails "
+    "verification, and the suggested fix (restore from the ledger's object) would undo its write",
+)
+def test_application_emptied_file_passes_verification(make_dataset, s3_client):
+    dataset = make_dataset([RowSpec(1, b"original content"), RowSpec(2, b"other")])
+    run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
+    dataset.fetch(
+        "UPDATE {table} SET bytes = '', storage_backend = 'db', storage_key = NULL WHERE id = 1 RETURNING id"
+    )
+    dataset.expected[1] = Content.of(b"")
+
+    try:
+        result = verify(dataset.dsn, s3_client, dataset.config, scope="all")
+    except VerificationError:
+        RECORD.bad_input(
+            "offloaded file replaced with an empty one by the application",
+            "known fault: verification fails with inline_lost_bytes",
+        )
+        raise
+
+    assert result.ok
+    assert_intact(dataset, s3_client)
