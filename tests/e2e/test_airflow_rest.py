@@ -33,6 +33,8 @@ TABLE = f"{SCHEMA}.document_attachments"
 BUCKET = "e2e-attachments"
 LEDGER = "e2e_ledger"
 ROWS = 40
+# An approval task waits in awaiting_input (Airflow 3.3) or deferred (earlier 3.x releases).
+WAITING_FOR_PERSON = ("awaiting_input", "deferred")
 
 pytestmark = pytest.mark.airflow
 
@@ -268,10 +270,13 @@ def test_chain_with_approved_reclaim(airflow, pg_dsn, s3_client):
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline:
         states = api.task_states("attachment_maintenance", run_id)
-        if states.get("approve_full_reclaim[-1]") == "deferred":
+        if states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON:
             break
-        assert api.get(f"/dags/attachment_maintenance/dagRuns/{run_id}")["state"] in ("queued", "running"), states
+        assert api.get(f"/dags/attachment_maintenance/dagRuns/{run_id}")["state"] in ("queued", "running"), (
+            states
+        )
         time.sleep(2)
+    assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
     assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
 
     api.send(
@@ -303,3 +308,36 @@ def test_chain_with_approved_reclaim(airflow, pg_dsn, s3_client):
     assert report_files
     document = json.loads(report_files[-1].read_text())
     assert document["run_id"] == run_id
+
+
+def test_rejected_reclaim_is_skipped(airflow):
+    api, _, _ = airflow
+    run_id = api.send(
+        "POST",
+        "/dags/attachment_maintenance/dagRuns",
+        {
+            "logical_date": None,
+            "conf": {"limit": 10, "reclaim": "vacuum_full"},
+        },
+    )["dag_run_id"]
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        states = api.task_states("attachment_maintenance", run_id)
+        if states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON:
+            break
+        time.sleep(2)
+    assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
+    assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
+
+    api.send(
+        "PATCH",
+        f"/dags/attachment_maintenance/dagRuns/{run_id}/taskInstances/approve_full_reclaim/-1/hitlDetails",
+        {"chosen_options": ["Reject"], "params_input": {}},
+    )
+    state = api.wait_run("attachment_maintenance", run_id)
+
+    states = api.task_states("attachment_maintenance", run_id)
+    assert state == "success", states
+    assert states["approve_full_reclaim[-1]"] == "success"
+    assert states["full_reclaim[-1]"] == "skipped"
+    assert states["report[-1]"] == "success"
