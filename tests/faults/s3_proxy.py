@@ -2,8 +2,8 @@
 
 Requests pass through to the upstream unchanged unless a rule matches; a matching rule then
 responds in its place or damages the exchange. Rules fire a set number of times, optionally
-after letting a number of matching requests through, so a test can say "the 7th PUT and the
-two after it get 503 SlowDown" and check that the retries recover.
+after letting a number of matching requests through, so a test can have the proxy reject the 7th PUT and the
+two after it with 503 SlowDown and check that the retries recover.
 
 With ``resign`` set, the proxy signs every request again (AWS Signature Version 4) with the
 upstream's real credentials. Clients may then use any credentials, for example a distinctive
@@ -54,6 +54,8 @@ ACTIONS = (
     "delay_response",
     "rewrite_auth",
     "callback",
+    "corrupt_request",
+    "lying_server",
 )
 # Headers of one hop, and of the client's signature, which are not forwarded as received.
 _HOP_HEADERS = {"transfer-encoding", "connection", "keep-alive", "expect"}
@@ -78,6 +80,11 @@ class Rule:
     - ``rewrite_auth``: forward with the access key id in the signature replaced by ``access_key``,
       so the upstream itself rejects the credentials.
     - ``callback``: read half of the request body, call ``callback(method, path)``, then go on.
+    - ``corrupt_request``: flip one byte in the middle of the request body, change nothing else.
+    - ``lying_server``: act as a server that trusts its clients: flip one byte of the body, drop
+      the checksum headers before forwarding, and return the client's own
+      ``x-amz-checksum-sha256`` in the response, as if the server had computed it. Needs ``resign``,
+      because the client's signature covers the original body.
 
     The rule lets the first ``after`` matching requests through, then fires on the next
     ``times`` ones; -1 means on every one after that. ``seen`` and ``fired`` count them.
@@ -176,7 +183,15 @@ class FaultProxy:
                     return
                 if rule is not None and rule.action == "delay":
                     time.sleep(rule.seconds)
+                if rule is not None and rule.action in ("corrupt_request", "lying_server") and body:
+                    middle = len(body) // 2
+                    body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
                 status, headers, data = proxy._forward(self.command, self.path, self.headers, body, rule)
+                if rule is not None and rule.action == "lying_server":
+                    claimed = self.headers.get("x-amz-checksum-sha256")
+                    headers = [(k, v) for k, v in headers if k.lower() != "x-amz-checksum-sha256"]
+                    if claimed:
+                        headers.append(("x-amz-checksum-sha256", claimed))
                 if rule is not None and rule.action == "delay_response":
                     time.sleep(rule.seconds)
                 self.send_response(status)
@@ -274,6 +289,13 @@ class FaultProxy:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         target = urlsplit(self.upstream)
         headers = {key: value for key, value in received.items() if key.lower() not in _HOP_HEADERS}
+        if rule is not None and rule.action == "lying_server":
+            assert self.resign is not None, "lying_server needs resign to sign the altered body"
+            headers = {
+                key: value
+                for key, value in headers.items()
+                if not key.lower().startswith(("x-amz-checksum-", "x-amz-sdk-checksum", "content-md5"))
+            }
         if self.resign is not None:
             headers = self._signed_headers(method, path, headers, body)
         # Otherwise the client's Host header (the proxy's address) is kept, because the signature covers it.
