@@ -196,10 +196,12 @@ def test_restore_killed_then_rerun(kill_point, point, rng, make_dataset, s3_sett
     assert returncode == -signal.SIGKILL, f"call {call} of {kill_point} was never reached: {stderr}"
     RECORD.fault(f"SIGKILL restore {kill_point.removeprefix('restore_')}")
     assert_intact(dataset, s3_client)
-    summary = restore_rows(
-        dataset.dsn, s3_client, dataset.config, run_id="restore-rerun", row_ids=dataset.offloaded_ids()
-    )
-    assert summary["failed"] == []
+    # Killed after the last row's commit, the restore left nothing to do.
+    if dataset.offloaded_ids():
+        summary = restore_rows(
+            dataset.dsn, s3_client, dataset.config, run_id="restore-rerun", row_ids=dataset.offloaded_ids()
+        )
+        assert summary["failed"] == []
     final = assert_intact(dataset, s3_client)
     assert final.inline == ROWS
 

@@ -20,20 +20,30 @@ from attachment_ops.errors import PermanentError, TransientError, VerificationEr
 from attachment_ops.offload.restore import restore_rows
 from attachment_ops.storage import S3Settings, make_s3_client
 from attachment_ops.verification import verify
-from tests.faults.s3_proxy import INTERNAL_ERROR_BODY, NO_SUCH_BUCKET_BODY, SLOW_DOWN_BODY, FaultProxy, Rule
+from tests.faults.s3_proxy import (
+    INTERNAL_ERROR_BODY,
+    NO_SUCH_BUCKET_BODY,
+    SLOW_DOWN_BODY,
+    FaultProxy,
+    Rule,
+    Signer,
+)
 from tests.offload.helpers import run_offload
-from tests.reliability.dataset import Dataset, assert_intact, offload_until_done, random_rows
+from tests.reliability.dataset import Dataset, assert_intact, audit, offload_until_done, random_rows
 from tests.reliability.summary import RECORD
 
 SMALL_ROWS = 12
 ROWS = SMALL_ROWS + 1
 READ_TIMEOUT_SECONDS = 1
 SLOWER_THAN_TIMEOUT = 1.3
+BATCH_ROWS = 6
 # Requests of each kind a stage sends at least, for 12 small rows and one of three parts, when
-# the restore takes half of the rows: the fault fires after a random number below this.
+# the restore takes half of the rows: the fault fires after a random number below this. The
+# offload's only HEAD is the bucket check of each batch, because it confirms each upload from the
+# checksum in the upload's response.
 MATCHING_REQUESTS = {
     ("offload", "PUT"): SMALL_ROWS + 3,
-    ("offload", "HEAD"): ROWS,
+    ("offload", "HEAD"): -(-ROWS // BATCH_ROWS),
     ("offload", "POST"): 2,
     ("verify", "HEAD"): ROWS,
     ("verify", "GET"): ROWS,
@@ -116,7 +126,9 @@ def arm(proxy: FaultProxy, fault: Fault, stage: str, rng: Any) -> list[Rule]:
 def test_transient_fault_recovers(kind, point, rng, make_dataset, s3_settings, s3_client, fault_proxy):
     fault = TRANSIENT_FAULTS[kind]
     dataset = make_dataset(
-        random_rows(rng, ROWS, large=1), storage={"read_timeout_seconds": READ_TIMEOUT_SECONDS}
+        random_rows(rng, ROWS, large=1),
+        storage={"read_timeout_seconds": READ_TIMEOUT_SECONDS},
+        offload={"batch_rows": BATCH_ROWS},
     )
     client = proxied_client(s3_settings, fault_proxy, dataset)
     fired: dict[str, int] = {}
@@ -256,3 +268,73 @@ def test_late_create_answer_leaves_no_upload(rng, make_dataset, s3_settings, s3_
     assert_intact(dataset, s3_client)
     listing = s3_client.list_multipart_uploads(Bucket=dataset.bucket, Prefix=dataset.config.prefix)
     assert listing.get("Uploads", []) == []
+
+
+def test_request_body_corrupted_in_transit(point, rng, make_dataset, s3_settings, s3_client, fault_proxy):
+    dataset = make_dataset(random_rows(rng, SMALL_ROWS), offload={"batch_rows": BATCH_ROWS})
+    client = proxied_client(s3_settings, fault_proxy, dataset)
+    rule = Rule("corrupt_request", method="PUT", after=rng.randrange(SMALL_ROWS))
+    fault_proxy.rules = [rule]
+
+    try:
+        offload_until_done(dataset, client, run_id="offload")
+        handling = "retried"
+    except PermanentError as error:
+        handling = f"PermanentError: {error}".replace(dataset.bucket, "<bucket>")
+    fault_proxy.rules = []
+    assert_intact(dataset, s3_client)
+    offload_until_done(dataset, client, run_id="rerun")
+
+    RECORD.fault("S3 request body corrupted in transit", rule.fired)
+    RECORD.figure("S3 request body corrupted in transit: handling", handling[:200])
+    assert rule.fired == 1
+    final = assert_intact(dataset, s3_client)
+    assert final.offloaded == SMALL_ROWS
+
+
+@pytest.fixture
+def signing_proxy(s3_settings) -> Any:
+    proxy = FaultProxy(
+        upstream=os.environ["S3_ENDPOINT_URL"],
+        resign=Signer(s3_settings.access_key_id, s3_settings.secret_access_key),
+    ).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_read_back_catches_lying_server(point, rng, make_dataset, s3_settings, s3_client, signing_proxy):
+    """A server that stores a damaged body but returns the client's own checksum is caught by read-back."""
+    dataset = make_dataset(
+        random_rows(rng, SMALL_ROWS), storage={"verify_read_back": True}, offload={"batch_rows": BATCH_ROWS}
+    )
+    client = proxied_client(s3_settings, signing_proxy, dataset)
+    rule = Rule("lying_server", method="PUT", after=rng.randrange(SMALL_ROWS))
+    signing_proxy.rules = [rule]
+
+    outcomes = offload_until_done(dataset, client, run_id="offload")
+    signing_proxy.rules = []
+
+    RECORD.fault("S3 server returning an unchecked checksum (verify_read_back on)", rule.fired)
+    assert rule.fired == 1
+    assert outcomes[-1]["inline_rows"] == 0
+    final = assert_intact(dataset, s3_client)
+    assert final.offloaded == SMALL_ROWS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with storage.verify_read_back false (the default), verify_object accepts an upload whose "
+    "response returns the checksum the client sent; a server that echoes x-amz-checksum-sha256 without "
+    "checking the body gets a damaged object flipped and the row's inline copy cleared",
+)
+def test_default_catches_lying_server(rng, make_dataset, s3_settings, s3_client, signing_proxy):
+    dataset = make_dataset(random_rows(rng, 4), offload={"batch_rows": BATCH_ROWS})
+    client = proxied_client(s3_settings, signing_proxy, dataset)
+    signing_proxy.rules = [Rule("lying_server", method="PUT", after=1)]
+
+    offload_until_done(dataset, client, run_id="offload")
+    signing_proxy.rules = []
+
+    RECORD.fault("S3 server returning an unchecked checksum (verify_read_back off)")
+    result = audit(dataset, s3_client, record=False)
+    assert result.corrupted == []
