@@ -2,8 +2,8 @@
 
 Requests pass through to the upstream unchanged unless a rule matches; a matching rule then
 responds in its place or damages the exchange. Rules fire a set number of times, optionally
-after letting a number of matching requests through, so a test can have the proxy reject the 7th PUT and the
-two after it with 503 SlowDown and check that the retries recover.
+after letting a number of matching requests through, so a test can have the proxy reject the
+7th PUT and the two after it with 503 SlowDown and check that the retries recover.
 
 With ``resign`` set, the proxy signs every request again (AWS Signature Version 4) with the
 upstream's real credentials. Clients may then use any credentials, for example a distinctive
