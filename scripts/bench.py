@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-rows",
         type=int,
-        help="rows per offload batch for the library and Airflow (default: offload.batch_rows, 50)",
+        help="rows per offload batch for the library and Airflow (default: offload.batch_rows, 200)",
     )
     parser.add_argument(
         "--big-blob-mb",

@@ -199,6 +199,35 @@ def airflow(tmp_path_factory, s3_client, metadata_db):
     shutil.rmtree(home / "logs", ignore_errors=True)
 
 
+def run_until_approval(api: AirflowApi, conf: dict, choice: str) -> tuple[str, dict[str, str]]:
+    """Trigger the chain, wait for its approval request, check nothing reclaimed yet, answer it."""
+    run_id = api.send("POST", "/dags/attachment_maintenance/dagRuns", {"logical_date": None, "conf": conf})[
+        "dag_run_id"
+    ]
+    deadline = time.monotonic() + 420
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = api.task_states("attachment_maintenance", run_id)
+        if states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON:
+            break
+        assert api.get(f"/dags/attachment_maintenance/dagRuns/{run_id}")["state"] in ("queued", "running"), (
+            states
+        )
+        time.sleep(2)
+    assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
+    assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
+
+    api.send(
+        "PATCH",
+        f"/dags/attachment_maintenance/dagRuns/{run_id}/taskInstances/approve_full_reclaim/-1/hitlDetails",
+        {"chosen_options": [choice], "params_input": {}},
+    )
+    state = api.wait_run("attachment_maintenance", run_id)
+    states = api.task_states("attachment_maintenance", run_id)
+    assert state == "success", states
+    return run_id, states
+
+
 def table_rows(dsn: str) -> dict[int, tuple]:
     with psycopg.connect(dsn) as conn:
         query = sql.SQL("SELECT id, storage_backend, storage_key, bytes IS NULL, created_at FROM {}").format(
@@ -258,36 +287,10 @@ def test_backfill_moves_its_days(airflow, pg_dsn):
 
 def test_chain_with_approved_reclaim(airflow, pg_dsn, s3_client):
     api, env, reports = airflow
-    run = api.send(
-        "POST",
-        "/dags/attachment_maintenance/dagRuns",
-        {
-            "logical_date": None,
-            "conf": {"limit": 1000, "batch_rows": 10, "reclaim": "vacuum_full"},
-        },
+    run_id, states = run_until_approval(
+        api, {"limit": 1000, "batch_rows": 10, "reclaim": "vacuum_full"}, "Approve"
     )
-    run_id = run["dag_run_id"]
-    deadline = time.monotonic() + 420
-    while time.monotonic() < deadline:
-        states = api.task_states("attachment_maintenance", run_id)
-        if states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON:
-            break
-        assert api.get(f"/dags/attachment_maintenance/dagRuns/{run_id}")["state"] in ("queued", "running"), (
-            states
-        )
-        time.sleep(2)
-    assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
-    assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
 
-    api.send(
-        "PATCH",
-        f"/dags/attachment_maintenance/dagRuns/{run_id}/taskInstances/approve_full_reclaim/-1/hitlDetails",
-        {"chosen_options": ["Approve"], "params_input": {}},
-    )
-    state = api.wait_run("attachment_maintenance", run_id)
-
-    states = api.task_states("attachment_maintenance", run_id)
-    assert state == "success", states
     assert states["full_reclaim[-1]"] == "success"
     assert states["report[-1]"] == "success"
     rows = table_rows(pg_dsn)
@@ -312,32 +315,8 @@ def test_chain_with_approved_reclaim(airflow, pg_dsn, s3_client):
 
 def test_rejected_reclaim_is_skipped(airflow):
     api, _, _ = airflow
-    run_id = api.send(
-        "POST",
-        "/dags/attachment_maintenance/dagRuns",
-        {
-            "logical_date": None,
-            "conf": {"limit": 10, "reclaim": "vacuum_full"},
-        },
-    )["dag_run_id"]
-    deadline = time.monotonic() + 420
-    while time.monotonic() < deadline:
-        states = api.task_states("attachment_maintenance", run_id)
-        if states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON:
-            break
-        time.sleep(2)
-    assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
-    assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
+    run_id, states = run_until_approval(api, {"limit": 10, "reclaim": "vacuum_full"}, "Reject")
 
-    api.send(
-        "PATCH",
-        f"/dags/attachment_maintenance/dagRuns/{run_id}/taskInstances/approve_full_reclaim/-1/hitlDetails",
-        {"chosen_options": ["Reject"], "params_input": {}},
-    )
-    state = api.wait_run("attachment_maintenance", run_id)
-
-    states = api.task_states("attachment_maintenance", run_id)
-    assert state == "success", states
     assert states["approve_full_reclaim[-1]"] == "success"
     assert states["full_reclaim[-1]"] == "skipped"
     assert states["report[-1]"] == "success"

@@ -20,6 +20,22 @@ STORAGE_CLASSES = {
     "GLACIER_IR",
 }
 SSE_VALUES = {"AES256", "aws:kms", "aws:kms:dsse"}
+# Run parameters that override the offload and storage configuration for one run.
+RUN_PARAMETERS = (
+    "limit",
+    "batch_rows",
+    "max_batch_bytes",
+    "dry_run",
+    "min_size_bytes",
+    "max_size_bytes",
+    "created_from",
+    "created_to",
+    "prefix",
+    "storage_class",
+    "server_side_encryption",
+    "workers_per_batch",
+    "max_batches",
+)
 
 
 @dataclass(frozen=True)
@@ -96,21 +112,7 @@ def build_params(config: MaintenanceConfig, overrides: dict[str, Any] | None = N
     offload = config.section("offload")
     storage = config.section("storage")
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    known = {
-        "limit",
-        "batch_rows",
-        "max_batch_bytes",
-        "dry_run",
-        "min_size_bytes",
-        "max_size_bytes",
-        "created_from",
-        "created_to",
-        "prefix",
-        "storage_class",
-        "server_side_encryption",
-        "workers_per_batch",
-        "max_batches",
-    }
+    known = set(RUN_PARAMETERS)
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigurationError(

@@ -8,24 +8,12 @@ from typing import Any
 
 from attachment_ops.airflow_support import fail_permanent_errors, get_config, postgres_conninfo, s3_settings
 from attachment_ops.config import MaintenanceConfig
+from attachment_ops.offload.params import RUN_PARAMETERS
 
 log = logging.getLogger(__name__)
 
 # Run types whose rows are chosen by the run's data interval; manual runs use the form's window.
 INTERVAL_RUN_TYPES = {"scheduled", "backfill"}
-PARAM_KEYS = (
-    "limit",
-    "batch_rows",
-    "max_batch_bytes",
-    "dry_run",
-    "min_size_bytes",
-    "max_size_bytes",
-    "created_from",
-    "created_to",
-    "prefix",
-    "storage_class",
-    "server_side_encryption",
-)
 
 
 def offload_overrides(
@@ -41,7 +29,7 @@ def offload_overrides(
     data_interval_end), so a backfill over past dates moves history in chunks. A manual run
     uses created_from and created_to from the form when given, and otherwise catches up by limit.
     """
-    overrides = {key: params.get(key) for key in PARAM_KEYS if params.get(key) not in (None, "")}
+    overrides = {key: params.get(key) for key in RUN_PARAMETERS if params.get(key) not in (None, "")}
     # The Task SDK's DagRunType is a str enum whose str() is "DagRunType.SCHEDULED", not its value.
     run_type = getattr(run_type, "value", run_type)
     if run_type in INTERVAL_RUN_TYPES and data_interval_start and data_interval_end:
