@@ -131,17 +131,42 @@ def test_backend_terminated_mid_batch(point, rng, make_dataset, throwaway_role, 
 def test_restore_survives_backend_termination(rng, make_dataset, throwaway_role, admin_dsn, s3_client):
     dataset = role_dataset(make_dataset, throwaway_role, random_rows(rng, 8, max_size=60_000))
     run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
+    # The restore waits for this row's lock, and its session is terminated while it waits.
+    holder = hold_row_lock(admin_dsn, dataset, 3)
+    stop = threading.Event()
+    terminated: list[int] = []
 
-    with Terminator(admin_dsn, dataset, throwaway_role.name, "attachment_ops restore%", "started", [3]):
+    def terminate_waiting_restore() -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            while not stop.is_set() and not terminated:
+                ended = conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE usename = %s AND application_name LIKE 'attachment_ops restore%%'"
+                    " AND wait_event_type = 'Lock'",
+                    (throwaway_role.name,),
+                ).fetchone()[0]
+                if ended:
+                    terminated.append(ended)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=terminate_waiting_restore, daemon=True)
+    thread.start()
+    try:
         try:
             restore_rows(
                 dataset.dsn, s3_client, dataset.config, run_id="restore", row_ids=sorted(dataset.expected)
             )
         except TransientError:
             pass
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        holder.rollback()
+        holder.close()
 
+    assert terminated == [1]
     assert_intact(dataset, s3_client)
-    assert len(dataset.offloaded_ids()) <= 1
+    assert dataset.offloaded_ids() == [3]
 
 
 def hold_row_lock(dsn: str, dataset: Dataset, row_id: int) -> psycopg.Connection:

@@ -188,7 +188,8 @@ def test_permanent_fault_stops_fast(kind, point, rng, make_dataset, s3_settings,
     client = proxied_client(s3_settings, fault_proxy, dataset)
     stops: list[tuple[int, float]] = []
 
-    rule = Rule(times=-1, after=rng.randrange(1, 25), **settings)
+    # The offload sends at least one HEAD per batch, a PUT per small row and per part, and two POSTs.
+    rule = Rule(times=-1, after=rng.randrange(1, SMALL_ROWS + 3), **settings)
     fault_proxy.rules = [rule]
     started = time.monotonic()
     with pytest.raises(PermanentError, match=message) as offload_error:
