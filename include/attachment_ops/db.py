@@ -38,13 +38,19 @@ def connect(
     :raises PermanentError: when the credentials or the database name are wrong.
     """
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
+    # Startup options take effect before the first statement and override role and database
+    # settings, so even a role-level statement_timeout of 1 ms cannot cancel the set-up below.
+    timeouts = f"-c statement_timeout={statement_timeout_ms or 0} -c lock_timeout={lock_timeout_ms or 0}"
+    options = " ".join(filter(None, [conninfo_to_dict(conninfo).get("options"), timeouts]))
     try:
         conn = psycopg.connect(
             conninfo,
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=connect_timeout_seconds,
+            options=options,
         )
     except psycopg.OperationalError as error:
         raise classify_pg_error(error, "connect to PostgreSQL") from error

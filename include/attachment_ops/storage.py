@@ -35,13 +35,14 @@ PERMANENT_CODES = {
     "AuthorizationHeaderMalformed": "the region in the connection does not match the bucket's region",
     "PermanentRedirect": "the bucket lives at another endpoint or region",
     "InvalidRequest": "the server rejected the request",
-    "BadDigest": "the body did not match its checksum",
-    "XAmzContentSHA256Mismatch": "the body did not match its checksum",
     "InvalidDigest": "the checksum header is malformed",
     "EntityTooLarge": "the object is larger than the server accepts in one request",
     "KMS.NotFoundException": "the KMS key does not exist",
 }
+# BadDigest and XAmzContentSHA256Mismatch mean the body was damaged on the way: a retry resends it.
 TRANSIENT_CODES = {
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
     "SlowDown",
     "ServiceUnavailable",
     "InternalError",

@@ -17,8 +17,9 @@ Checks, and what a failure means:
   back and hashed. A share of the others is read back too, within a byte budget.
 - ``offloaded_without_key``, ``offloaded_with_inline_bytes``: the row's backend column has the
   offloaded value but its key is missing, or its inline bytes were never cleared.
-- ``inline_lost_bytes``: an inline row has NULL or empty bytes although its latest ledger entry
-  recorded content (a restore, or an offload attempt that read bytes).
+- ``inline_lost_bytes``: an inline row has NULL bytes although its latest ledger entry recorded
+  content (a restore, or an offload attempt that read bytes). Empty bytes are a valid file: an
+  application may replace an offloaded file with an empty one.
 - ``ledger_key_mismatch``: an offloaded row's key differs from its latest ``offloaded`` entry.
 
 Rows offloaded before the ledger existed are listed as ``unledgered``: the object's existence and
@@ -427,7 +428,7 @@ class _Queries:
                 " FROM {table} t JOIN LATERAL (SELECT e.outcome, e.size_bytes, e.object_key, e.run_id"
                 " FROM {ledger} e WHERE e.table_name = %(table_name)s AND e.row_id = t.{pk}"
                 " ORDER BY e.entry_id DESC LIMIT 1) last ON true"
-                " WHERE t.{backend} = %(inline)s AND coalesce(octet_length(t.{content}), 0) = 0"
+                " WHERE t.{backend} = %(inline)s AND t.{content} IS NULL"
                 " AND last.outcome <> 'changed' AND last.size_bytes > 0"
                 " ORDER BY t.{pk} LIMIT %(limit)s",
                 lambda row: {

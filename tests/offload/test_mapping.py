@@ -119,3 +119,25 @@ def test_bad_parameters_are_named(overrides, message):
 def test_bad_configuration_is_named(overrides, message):
     with pytest.raises(ConfigurationError, match=message):
         load_config(overrides)
+
+
+def test_session_overrides_role_timeout(admin_dsn, pg_dsn):
+    """A role-level statement_timeout of 1 ms cannot cancel the package's own session set-up."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    role = "t_timeout_role"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER ROLE {} SET statement_timeout = '1ms'").format(sql.Identifier(role)))
+    dsn = make_conninfo(**{**conninfo_to_dict(pg_dsn), "user": role, "password": "pw"})
+    try:
+        with connect(dsn, statement_timeout_ms=60000, lock_timeout_ms=3000) as session:
+            settings = session.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), pg_sleep(0.05)"
+            ).fetchone()
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    assert settings[:2] == ("1min", "3s")

@@ -438,8 +438,17 @@ def test_large_blob_goes_multipart(pg_dsn, pg_schema, bucket, s3_client):
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"{pg_schema}_ledger")))
 
 
-def test_upload_checksum_confirms_objects(attachments, s3_client):
+def test_head_checksum_confirms_by_default(attachments, s3_client):
     summary = run_offload(attachments.dsn, s3_client, attachments.config)
+
+    assert summary["verified_by"] == {"checksum": 12}
+
+
+def test_trusted_upload_checksum_skips_head(attachments, s3_client):
+    storage = {**attachments.config.data["storage"], "trust_upload_checksum": True}
+    config = load_config({**attachments.config.data, "storage": storage})
+
+    summary = run_offload(attachments.dsn, s3_client, config)
 
     assert summary["verified_by"] == {"upload_checksum": 12}
 

@@ -206,12 +206,6 @@ def proxied(settings: S3Settings, proxy: FaultProxy, **changes: Any) -> Any:
 AWS_PUT_HEADER_LIMIT = 8 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objects.content_disposition percent-encodes the whole filename into filename*, so a name of "
-    "1,000 emoji or CJK characters makes a 9-12 KB Content-Disposition header, above Amazon S3's 8 KB limit "
-    "on PUT headers: every upload of that row would be rejected, and the error would stop its batch",
-)
 @pytest.mark.parametrize("name", ["📎" * 1000, "日" * 1000], ids=["emoji", "cjk"])
 def test_long_filename_fits_put_headers(name, make_dataset, s3_settings, plain_proxy):
     dataset = make_dataset([RowSpec(1, b"body", name)])
@@ -223,7 +217,7 @@ def test_long_filename_fits_put_headers(name, make_dataset, s3_settings, plain_p
     script = "emoji" if name.startswith("📎") else "CJK"
     RECORD.bad_input(
         f"filename of 1000 {script} characters",
-        f"known fault: offloaded here, but with PUT headers of {largest} bytes, above Amazon S3's 8 KB",
+        f"offloaded; the name is cut to 255 UTF-8 bytes, so PUT headers are {largest} bytes, within 8 KB",
     )
     assert largest <= AWS_PUT_HEADER_LIMIT
 
@@ -256,12 +250,6 @@ def test_content_types(make_dataset, s3_client):
     RECORD.bad_input("content type: 1000 characters", "kept as given")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objects.content_type_header rejects a newline but not a lone carriage return, so "
-    "'text/plain; name=a<CR>b' reaches botocore, which refuses the header value; the HTTPClientError is "
-    "classified transient, so the row fails every attempt of every run and is never offloaded",
-)
 def test_content_type_with_carriage_return(make_dataset, s3_client):
     dataset = make_dataset([RowSpec(1, b"data", "f.txt", "text/plain; name=a\rb")])
 
@@ -492,13 +480,6 @@ def test_closed_endpoint_fails_fast(make_dataset, s3_settings, s3_client):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=VerificationError,
-    reason="the inline_lost_bytes check flags every inline row with NULL or empty bytes whose latest ledger "
-    "entry recorded content, so an application that replaces an offloaded file with an empty one fails "
-    "verification, and the suggested fix (restore from the ledger's object) would undo its write",
-)
 def test_application_emptied_file_passes_verification(make_dataset, s3_client):
     dataset = make_dataset([RowSpec(1, b"original content"), RowSpec(2, b"other")])
     run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")

@@ -214,12 +214,6 @@ def staging_rows(dataset: Dataset) -> int:
         return conn.execute(query).fetchone()[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore_rows deletes a row's staged chunks only in _restore_row's finally block, so the chunks "
-    "of a killed restore stay in <ledger_schema>.restore_chunks for good: a rerun stages under a new "
-    "attempt_id and never looks at older ones",
-)
 def test_killed_restore_leaves_no_staging(rng, make_dataset, s3_settings, s3_client, tmp_path):
     dataset = offloaded_dataset(make_dataset, rng, s3_client, multipart=True)
     process = run_stage(

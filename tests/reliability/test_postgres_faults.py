@@ -121,13 +121,6 @@ def test_backend_terminated_mid_batch(point, rng, make_dataset, throwaway_role, 
     assert verify(dataset.dsn, s3_client, dataset.config, scope="all").ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.OperationalError,
-    reason="restore_rows catches only the package's errors around _restore_row, so a terminated session "
-    "escapes as a raw psycopg.OperationalError and the rows after it are never tried; the session is "
-    "not reopened either",
-)
 def test_restore_survives_backend_termination(rng, make_dataset, throwaway_role, admin_dsn, s3_client):
     dataset = role_dataset(make_dataset, throwaway_role, random_rows(rng, 8, max_size=60_000))
     run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
@@ -208,13 +201,6 @@ def test_row_lock_delays_only_its_row(point, rng, make_dataset, s3_client, pg_ds
     assert final.offloaded == len(dataset.expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.LockNotAvailable,
-    reason="restore_rows lets a row lock's LockNotAvailable escape raw, so one locked row ends the whole "
-    "restore and the later rows are never tried; its session also ignores offload.lock_timeout_ms and "
-    "waits the 5 s default of db.connect",
-)
 def test_restore_survives_row_lock(rng, make_dataset, s3_client, pg_dsn):
     dataset = make_dataset(random_rows(rng, 6, max_size=60_000), offload={"lock_timeout_ms": LOCK_TIMEOUT_MS})
     run_offload(dataset.dsn, s3_client, dataset.config, run_id="offload")
@@ -354,13 +340,6 @@ def test_restart_mid_batch(point, rng, cluster, make_dataset, pg_schema, s3_clie
     assert repeated_offloads(dataset.ledger()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.LockNotAvailable,
-    reason="run_batch opens its setup session (resolve_table, select_batch_rows, ledger.ensure_schema) "
-    "outside the per-row error handling, so a lock timeout or a dropped connection there escapes as a raw "
-    "psycopg error instead of TransientError",
-)
 def test_batch_setup_error_is_transient(rng, cluster, make_dataset, pg_schema, s3_client):
     dataset = cluster_dataset(
         cluster, make_dataset, pg_schema, random_rows(rng, 3), offload={"lock_timeout_ms": LOCK_TIMEOUT_MS}

@@ -247,12 +247,6 @@ def test_transient_errors_exhausted_stay_transient(make_dataset, rng, s3_setting
     assert_intact(dataset, s3_client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the answer to CreateMultipartUpload arrives after the read timeout, the retry creates a "
-    "second upload and the worker never learns the first upload id; _abort_stale_uploads runs only before "
-    "the create, so the first upload stays unfinished in the bucket after the row is offloaded",
-)
 def test_late_create_answer_leaves_no_upload(rng, make_dataset, s3_settings, s3_client, fault_proxy):
     dataset = make_dataset(
         random_rows(rng, 1, large=1), storage={"read_timeout_seconds": READ_TIMEOUT_SECONDS}
@@ -322,12 +316,6 @@ def test_read_back_catches_lying_server(point, rng, make_dataset, s3_settings, s
     assert final.offloaded == SMALL_ROWS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with storage.verify_read_back false (the default), verify_object accepts an upload whose "
-    "response returns the checksum the client sent; a server that echoes x-amz-checksum-sha256 without "
-    "checking the body gets a damaged object flipped and the row's inline copy cleared",
-)
 def test_default_catches_lying_server(rng, make_dataset, s3_settings, s3_client, signing_proxy):
     dataset = make_dataset(random_rows(rng, 4), offload={"batch_rows": BATCH_ROWS})
     client = proxied_client(s3_settings, signing_proxy, dataset)

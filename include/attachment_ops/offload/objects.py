@@ -27,12 +27,30 @@ def object_key(prefix: str, row_id: int, sha256_hex: str) -> str:
     return f"{prefix}{row_id}/{sha256_hex}"
 
 
+MAX_FILENAME_BYTES = 255
+
+
+def _shorten_filename(name: str, max_bytes: int = MAX_FILENAME_BYTES) -> str:
+    """Cut ``name`` to at most ``max_bytes`` of UTF-8, keeping a short extension."""
+    if len(name.encode("utf-8")) <= max_bytes:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension.encode("utf-8")) > 16:
+        stem, extension = name, ""
+    suffix = f".{extension}" if extension else ""
+    room = max_bytes - len(suffix.encode("utf-8"))
+    shortened = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return shortened + suffix
+
+
 def content_disposition(filename: str | None) -> str | None:
     """Build an RFC 6266 ``attachment`` header that carries any filename as ASCII.
 
     The plain ``filename`` parameter gets an ASCII fallback; ``filename*`` carries the original
     name percent-encoded in UTF-8 (RFC 8187). Control characters, including newlines, are
-    dropped, and a path is cut to its last segment, as a browser would save it.
+    dropped, and a path is cut to its last segment, as a browser would save it. Names longer
+    than 255 UTF-8 bytes (the usual file system limit) are shortened, keeping the extension, so
+    the header stays far below Amazon S3's 8 KB limit on request headers.
     """
     if filename is None:
         return None
@@ -40,6 +58,7 @@ def content_disposition(filename: str | None) -> str | None:
     cleaned = cleaned.replace("\\", "/").rsplit("/", 1)[-1].strip() or "attachment"
     if cleaned in (".", ".."):
         cleaned = "attachment"
+    cleaned = _shorten_filename(cleaned)
     fallback = unicodedata.normalize("NFKD", cleaned).encode("ascii", "ignore").decode("ascii")
     fallback = re.sub(r'["%;\\]', "_", fallback).strip() or "attachment"
     fallback = fallback[:150]
@@ -48,9 +67,17 @@ def content_disposition(filename: str | None) -> str | None:
 
 
 def content_type_header(value: str | None) -> str:
-    """Return the stored content type when it looks like ``type/subtype``, else a safe default."""
-    if value and re.fullmatch(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?", value.strip()) and "\n" not in value:
-        return value.strip()
+    """Return the stored content type when it looks like ``type/subtype``, else a safe default.
+
+    Only printable ASCII passes: a carriage return or any other control character would make
+    botocore reject the header, and the row would fail on every attempt.
+    """
+    if value is None:
+        return "application/octet-stream"
+    stripped = value.strip()
+    printable = all(" " <= ch <= "~" for ch in stripped)
+    if printable and re.fullmatch(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;.*)?", stripped):
+        return stripped
     return "application/octet-stream"
 
 

@@ -16,18 +16,18 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from attachment_ops import ledger
 from attachment_ops.config import MaintenanceConfig
-from attachment_ops.db import connect
+from attachment_ops.db import classify_pg_error, connect
 from attachment_ops.errors import ConfigurationError, PermanentError, TransientError, VerificationError
 from attachment_ops.offload.mapping import ResolvedTable, resolve_table
 from attachment_ops.offload.worker import release_row_lock, try_row_lock
 from attachment_ops.storage import RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
-    import psycopg
     from botocore.client import BaseClient
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ def ensure_staging(conn: psycopg.Connection, schema: str) -> None:
             " attempt_id uuid NOT NULL, seq integer NOT NULL, data bytea NOT NULL,"
             " PRIMARY KEY (attempt_id, seq))"
         ).format(sql.Identifier(schema))
+    )
+    # The row id lets a later attempt remove what a killed attempt on the same row staged.
+    conn.execute(
+        sql.SQL("ALTER TABLE {}.restore_chunks ADD COLUMN IF NOT EXISTS row_id bigint").format(
+            sql.Identifier(schema)
+        )
     )
 
 
@@ -98,38 +104,73 @@ def restore_rows(
         "skipped": {},
         "failed": [],
     }
-    with connect(conninfo, application_name="attachment_ops restore") as conn:
-        table = resolve_table(conn, config.mapping)
-        ids = select_rows_to_restore(conn, table, schema, row_ids=row_ids, source_run_id=source_run_id)
-        summary["rows_selected"] = len(ids)
-        if dry_run:
-            log.info("Restore (dry run): would restore %d rows.", len(ids))
-            summary["would_restore_ids"] = ids[:1000]
-            return summary
-        ensure_staging(conn, schema)
-        known = ledger.latest_offloads(conn, schema, table.qualified_name, ids)
+    offload = config.section("offload")
+
+    def open_session() -> psycopg.Connection:
+        return connect(
+            conninfo,
+            statement_timeout_ms=offload["statement_timeout_ms"],
+            lock_timeout_ms=offload["lock_timeout_ms"],
+            application_name="attachment_ops restore",
+        )
+
+    conn = open_session()
+    try:
+        try:
+            table = resolve_table(conn, config.mapping)
+            ids = select_rows_to_restore(conn, table, schema, row_ids=row_ids, source_run_id=source_run_id)
+            summary["rows_selected"] = len(ids)
+            if dry_run:
+                log.info("Restore (dry run): would restore %d rows.", len(ids))
+                summary["would_restore_ids"] = ids[:1000]
+                return summary
+            ensure_staging(conn, schema)
+            known = ledger.latest_offloads(conn, schema, table.qualified_name, ids)
+        except psycopg.Error as error:
+            raise classify_pg_error(error, "prepare the restore") from error
         for row_id in ids:
+            if conn.closed or conn.broken:
+                conn = open_session()
             try:
-                outcome = _restore_row(
+                kind, size = _restore_row(
                     conn, client, config, table, schema, policy, run_id, row_id, known.get(row_id)
                 )
             except PermanentError:
                 raise
             except (TransientError, VerificationError) as error:
-                log.error("Row %s was not restored: %s", row_id, error)
-                summary["failed"].append({"row_id": row_id, "error": str(error)[:500]})
-                _record(
-                    conn, schema, table, run_id, str(uuid.uuid4()), row_id, "failed", detail=str(error)[:2000]
-                )
-                continue
-            kind, size = outcome
-            if kind == "restored":
-                summary["rows_restored"] += 1
-                summary["bytes_restored"] += size
-            elif kind == "changed":
-                summary["changed_ids"].append(row_id)
+                failure: Exception = error
+            except psycopg.Error as error:
+                failure = classify_pg_error(error, f"restore row {row_id}")
+                if isinstance(failure, PermanentError):
+                    raise failure from error
             else:
-                summary["skipped"][kind] = summary["skipped"].get(kind, 0) + 1
+                if kind == "restored":
+                    summary["rows_restored"] += 1
+                    summary["bytes_restored"] += size
+                elif kind == "changed":
+                    summary["changed_ids"].append(row_id)
+                else:
+                    summary["skipped"][kind] = summary["skipped"].get(kind, 0) + 1
+                continue
+            log.error("Row %s was not restored: %s", row_id, failure)
+            summary["failed"].append({"row_id": row_id, "error": str(failure)[:500]})
+            if conn.closed or conn.broken:
+                conn = open_session()
+            try:
+                _record(
+                    conn,
+                    schema,
+                    table,
+                    run_id,
+                    str(uuid.uuid4()),
+                    row_id,
+                    "failed",
+                    detail=str(failure)[:2000],
+                )
+            except psycopg.Error as error:
+                log.warning("Could not record the failed restore of row %s in the ledger: %s", row_id, error)
+    finally:
+        conn.close()
     summary["elapsed_seconds"] = round(time.monotonic() - started, 3)
     log.info(
         "Restored %d of %d rows (%.1f MiB) in %.1f s; %d changed, %d failed.",
@@ -190,6 +231,8 @@ def _restore_row(
     attempt_id = str(uuid.uuid4())
     staging = sql.SQL("{}.restore_chunks").format(sql.Identifier(schema))
     try:
+        # Chunks staged for this row by a killed attempt: only the lock holder can own them now.
+        conn.execute(sql.SQL("DELETE FROM {} WHERE row_id = %s").format(staging), (row_id,))
         header = sql.SQL("SELECT xmin::text, {key} FROM {table} WHERE {pk} = %s AND {backend} = %s").format(
             key=table.column("key_column"),
             table=table.table,
@@ -207,7 +250,9 @@ def _restore_row(
                 f"Row {row_id} is marked offloaded but has no key; nothing to restore from."
             )
         _record(conn, schema, table, run_id, attempt_id, row_id, "started", object_key=key)
-        size, sha256_hex = _download_to_staging(conn, client, config, staging, policy, attempt_id, key)
+        size, sha256_hex = _download_to_staging(
+            conn, client, config, staging, policy, attempt_id, row_id, key
+        )
         if recorded is not None and recorded["object_key"] == key:
             if size != recorded["size_bytes"] or sha256_hex != recorded["sha256"]:
                 raise VerificationError(
@@ -224,7 +269,8 @@ def _restore_row(
             else ("changed", 0)
         )
     finally:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE attempt_id = %s").format(staging), (attempt_id,))
+        if not (conn.closed or conn.broken):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE attempt_id = %s").format(staging), (attempt_id,))
         release_row_lock(conn, table, row_id)
 
 
@@ -235,11 +281,12 @@ def _download_to_staging(
     staging: sql.Composable,
     policy: RetryPolicy,
     attempt_id: str,
+    row_id: int,
     key: str,
 ) -> tuple[int, str]:
     bucket = config.bucket
     chunk_size = config.section("storage")["part_size_bytes"]
-    insert = sql.SQL("INSERT INTO {} (attempt_id, seq, data) VALUES (%s, %s, %s)").format(staging)
+    insert = sql.SQL("INSERT INTO {} (attempt_id, row_id, seq, data) VALUES (%s, %s, %s, %s)").format(staging)
 
     def download() -> tuple[int, str]:
         conn.execute(sql.SQL("DELETE FROM {} WHERE attempt_id = %s").format(staging), (attempt_id,))
@@ -253,13 +300,13 @@ def _download_to_staging(
             if len(pending) >= chunk_size:
                 digest.update(pending)
                 size += len(pending)
-                conn.execute(insert, (attempt_id, seq, bytes(pending)))
+                conn.execute(insert, (attempt_id, row_id, seq, bytes(pending)))
                 seq += 1
                 pending = bytearray()
         if pending:
             digest.update(pending)
             size += len(pending)
-            conn.execute(insert, (attempt_id, seq, bytes(pending)))
+            conn.execute(insert, (attempt_id, row_id, seq, bytes(pending)))
         return size, digest.hexdigest()
 
     return call_with_retries(download, f"download {key}", policy, bucket=bucket)

@@ -176,11 +176,16 @@ def run_batch(
         batch_id=batch["batch_id"],
         policy=RetryPolicy.from_storage_config(config.section("storage")),
     )
-    with context.open_session() as conn:
-        context.table = resolve_table(conn, config.mapping)
-        rows = select_batch_rows(conn, context.table, params, batch)
-        if not params.dry_run:
-            ledger.ensure_schema(conn, context.ledger_schema)
+    import psycopg
+
+    try:
+        with context.open_session() as conn:
+            context.table = resolve_table(conn, config.mapping)
+            rows = select_batch_rows(conn, context.table, params, batch)
+            if not params.dry_run:
+                ledger.ensure_schema(conn, context.ledger_schema)
+    except psycopg.Error as error:
+        raise classify_pg_error(error, f"prepare batch {batch['batch_id']}") from error
     result.rows_selected = len(rows)
     result.bytes_selected = sum(row.size for row in rows)
     if params.dry_run:
@@ -399,7 +404,7 @@ def _offload_row(conn: psycopg.Connection, context: BatchContext, row: RowInfo) 
             expected_checksum=expected_checksum,
             policy=context.policy,
             always_read_back=context.storage["verify_read_back"],
-            upload_checksum=upload_checksum,
+            upload_checksum=upload_checksum if context.storage["trust_upload_checksum"] else None,
         )
         if _flip(conn, context, row.row_id, xmin, attempt_id, key, size, sha256_hex):
             return "offloaded", verified_by
@@ -583,6 +588,9 @@ def _upload_multipart(
     except BaseException:
         _abort_upload(context, key, upload_id)
         raise
+    # A CreateMultipartUpload whose answer came after the client's timeout was retried, and the
+    # first upload it made is still open; only this worker writes this key, so abort the rest.
+    _abort_stale_uploads(context, key)
     return key, sha256_hex, composite_sha256(part_digests), size, completed.get("ChecksumSHA256")
 
 
