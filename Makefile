@@ -14,7 +14,7 @@ help:
 	@echo "make demo            set everything up and run attachment_maintenance on demo data"
 	@echo "make test            start the services and run the whole test suite"
 	@echo "make bench           run the performance benchmark (docs/benchmarks.md)"
-	@echo "make airflow         run Airflow standalone with the UI on 127.0.0.1"
+	@echo "make airflow         run Airflow's components with the UI on 127.0.0.1 (AIRFLOW__API__PORT, default 8080)"
 	@echo "make lint            ruff check and format check"
 	@echo "make services-down   stop PostgreSQL, SeaweedFS and the Docker engine"
 
@@ -59,7 +59,7 @@ format: venv
 	$(PY) -m ruff format include dags plugins tests scripts
 
 airflow: airflow-init
-	$(WITH_ENV) $(VENV)/bin/airflow standalone
+	$(WITH_ENV) $(PY) scripts/airflow_local.py
 
 clean:
 	@test -x $(PY) && $(SERVICES) clean || rm -rf .local

@@ -1,7 +1,7 @@
 """End to end under Airflow's own scheduler, driven through its REST API like an operator's script.
 
-`airflow standalone` runs the scheduler, dag-processor, api-server and triggerer (LocalExecutor)
-on 127.0.0.1 with the project's DAGs and a private AIRFLOW_HOME. The tests backfill a few days
+scripts/airflow_local.py runs the scheduler, dag-processor, api-server and triggerer (LocalExecutor)
+on 127.0.0.1, with no log servers on other interfaces, with the project's DAGs and a private AIRFLOW_HOME. The tests backfill a few days
 and check exactly which rows moved, then trigger the whole chain with a full reclaim, answer
 the approval through the REST endpoint, and check the database, the bucket and the report.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,12 @@ from psycopg import sql
 from attachment_ops.offload.objects import object_key
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from airflow_local import local_environment  # noqa: E402
+from airflow_local import start as start_components  # noqa: E402
+from airflow_local import stop as stop_components  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 SCHEMA = "e2e"
 TABLE = f"{SCHEMA}.document_attachments"
@@ -165,20 +170,15 @@ def airflow(tmp_path_factory, s3_client, metadata_db):
         check=True,
         capture_output=True,
     )
-    log_file = open(home / "standalone.log", "wb")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "airflow"), "standalone"],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    env = local_environment(port, env)
+    processes = start_components(port, env, home / "component-logs")
     passwords = home / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + 180
     api = None
     while time.monotonic() < deadline and api is None:
         time.sleep(2)
-        assert process.poll() is None, (home / "standalone.log").read_text()[-3000:]
+        exited = [process.args[1] for process in processes if process.poll() is not None]
+        assert not exited, f"Airflow components exited: {exited}; logs in {home / 'component-logs'}"
         if not passwords.exists():
             continue
         try:
@@ -187,15 +187,10 @@ def airflow(tmp_path_factory, s3_client, metadata_db):
                 api = None
         except (httpx.HTTPError, KeyError, json.JSONDecodeError):
             api = None
-    assert api is not None, "airflow standalone did not serve the five DAGs within 180 s"
+    assert api is not None, "the Airflow components did not serve the five DAGs within 180 s"
     api.send("PATCH", "/dags/attachment_maintenance", {"is_paused": False})
     yield api, env, reports
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    log_file.close()
+    stop_components(processes)
     shutil.rmtree(home / "logs", ignore_errors=True)
 
 
