@@ -7,7 +7,7 @@ the attachments table's footprint and the bytes still inline, then compares the 
 previous runs kept in the bucket under the report prefix.
 
 Outputs a versioned JSON document, a Markdown summary (also in this task's log) and an HTML page
-with charts, listed in the UI under **Attachment reports**. A p95 regression beyond the configured
+with charts, listed in the UI under **Browse > Benchmark reports**. A p95 regression beyond the configured
 tolerance is flagged, and fails the task when *Fail on regression* is set.
 
 Runs daily at 06:00 UTC, and after each `attachment_maintenance` chain, which runs the same

@@ -10,8 +10,8 @@ Slack when `alerts` in `maintenance_config` names them) and the task succeeds; a
 fails the task. Each run also records the free disk space, from which later runs estimate the
 time until a disk is full.
 
-This DAG only reads: it writes one small probe object to the bucket and deletes it, and stores a
-disk sample in the package's schema.
+This DAG changes no application data: it writes one small probe object to the bucket and deletes
+it, and stores a disk sample in the package's schema.
 """
 
 from __future__ import annotations

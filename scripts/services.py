@@ -612,7 +612,10 @@ def main() -> int:
         else:
             for name in STARTERS:
                 entry = state.get(name)
-                running = bool(entry) and (name == "airflow" or pid_alive(entry.get("pid")))
+                if name == "airflow":
+                    print(f"airflow: {'home prepared' if entry else 'not prepared'} (make airflow runs it)")
+                    continue
+                running = bool(entry) and pid_alive(entry.get("pid"))
                 print(f"{name}: {'running' if running else 'stopped'}")
     except ServiceError as error:
         print(f"error: {error}", file=sys.stderr)

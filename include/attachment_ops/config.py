@@ -243,7 +243,9 @@ def _merge(path: tuple[str, ...], defaults: Mapping[str, Any], overrides: Mappin
         if key not in defaults:
             where = ".".join((*path, key))
             known = ", ".join(sorted(defaults))
-            raise ConfigurationError(f"Unknown configuration key '{where}'. Known keys here: {known}.")
+            raise ConfigurationError(
+                f"Unknown configuration key '{where}' in the '{VARIABLE_NAME}' Variable. Known keys here: {known}."
+            )
         default = defaults[key]
         if isinstance(default, dict):
             if not isinstance(value, Mapping):
@@ -320,7 +322,8 @@ def load_config(overrides: Mapping[str, Any] | str | None = None) -> Maintenance
             overrides = json.loads(overrides)
         except json.JSONDecodeError as error:
             raise ConfigurationError(
-                f"Variable '{VARIABLE_NAME}' is not valid JSON: {error}. Fix it in Admin > Variables."
+                f"Variable '{VARIABLE_NAME}' is not valid JSON: {error}. Fix it in Admin > Variables, or in the "
+                "AIRFLOW_VAR_MAINTENANCE_CONFIG environment variable when it is set there."
             ) from error
     if not isinstance(overrides, Mapping):
         raise ConfigurationError(
