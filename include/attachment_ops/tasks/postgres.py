@@ -95,8 +95,11 @@ def full_reclaim(context: dict[str, Any]) -> dict[str, Any]:
     method = params["reclaim"]
     conninfo = postgres_conninfo(config.section("connections")["postgres"])
     unattended = bool(params.get("approve_unattended")) or config.section("reclaim")["unattended_approval"]
-    # This task runs only after the approval step returned Approve, or was skipped as unattended.
-    decision = evaluate_full_reclaim(conninfo, config, method, approved=not unattended, unattended=unattended)
+    # This task runs only after the approval step returned Approve, or was skipped as unattended;
+    # an unattended run has no response at all, which is not a rejection.
+    decision = evaluate_full_reclaim(
+        conninfo, config, method, approved=None if unattended else True, unattended=unattended
+    )
     if not decision.allow:
         raise PermanentError(
             f"Full reclaim ({method}) not started after approval because a check failed: {'; '.join(decision.reasons)}"
