@@ -28,8 +28,13 @@ def connect(
     lock_timeout_ms: int | None = 5000,
     application_name: str = APPLICATION_NAME,
     connect_timeout_seconds: int = 10,
+    timeouts_at_startup: bool = True,
 ) -> psycopg.Connection:
     """Open a session with the package's timeouts set at session level.
+
+    With ``timeouts_at_startup`` (the default) the timeouts travel as startup options, so they
+    apply from the first statement. The preflight turns it off to read, in ``reset_val``, the
+    timeouts a plain session of this role inherits.
 
     Autocommit is the default: a statement runs in its own short transaction, and code that needs
     several statements to commit together opens ``conn.transaction()`` explicitly.
@@ -43,14 +48,16 @@ def connect(
     # Startup options take effect before the first statement and override role and database
     # settings, so even a role-level statement_timeout of 1 ms cannot cancel the set-up below.
     timeouts = f"-c statement_timeout={statement_timeout_ms or 0} -c lock_timeout={lock_timeout_ms or 0}"
-    options = " ".join(filter(None, [conninfo_to_dict(conninfo).get("options"), timeouts]))
+    options = " ".join(
+        filter(None, [conninfo_to_dict(conninfo).get("options"), timeouts if timeouts_at_startup else None])
+    )
     try:
         conn = psycopg.connect(
             conninfo,
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=connect_timeout_seconds,
-            options=options,
+            **({"options": options} if options else {}),
         )
     except psycopg.OperationalError as error:
         raise classify_pg_error(error, "connect to PostgreSQL") from error

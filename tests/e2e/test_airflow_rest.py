@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -189,9 +188,22 @@ def airflow(tmp_path_factory, s3_client, metadata_db):
             api = None
     assert api is not None, "the Airflow components did not serve the five DAGs within 180 s"
     api.send("PATCH", "/dags/attachment_maintenance", {"is_paused": False})
+    api.home = home
     yield api, env, reports
     stop_components(processes)
-    shutil.rmtree(home / "logs", ignore_errors=True)
+
+
+def failed_task_logs(home: Path, run_id: str, states: dict[str, str]) -> str:
+    """Return the last lines of each failed task's log, so a failure explains itself."""
+    parts = []
+    for task, state in states.items():
+        if state not in ("failed", "upstream_failed"):
+            continue
+        task_id = task.split("[", 1)[0]
+        for log in sorted((home / "logs").glob(f"dag_id=*/run_id={run_id}/task_id={task_id}/**/*.log")):
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+            parts.append(f"--- {log.relative_to(home)}\n{tail}")
+    return "\n".join(parts) or "no task logs found"
 
 
 def run_until_approval(api: AirflowApi, conf: dict, choice: str) -> tuple[str, dict[str, str]]:
@@ -219,7 +231,7 @@ def run_until_approval(api: AirflowApi, conf: dict, choice: str) -> tuple[str, d
     )
     state = api.wait_run("attachment_maintenance", run_id)
     states = api.task_states("attachment_maintenance", run_id)
-    assert state == "success", states
+    assert state == "success", f"{states}\n{failed_task_logs(api.home, run_id, states)}"
     return run_id, states
 
 
@@ -286,7 +298,9 @@ def test_chain_with_approved_reclaim(airflow, pg_dsn, s3_client):
         api, {"limit": 1000, "batch_rows": 10, "reclaim": "vacuum_full"}, "Approve"
     )
 
-    assert states["full_reclaim[-1]"] == "success"
+    assert states["full_reclaim[-1]"] == "success", failed_task_logs(
+        api.home, run_id, {task: "failed" for task, state in states.items() if state != "success"}
+    )
     assert states["report[-1]"] == "success"
     rows = table_rows(pg_dsn)
     assert [row_id for row_id, row in rows.items() if row[0] == "db" and not row[2]] == []

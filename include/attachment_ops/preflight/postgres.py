@@ -57,6 +57,7 @@ def check_postgres(conninfo: str, config: MaintenanceConfig) -> tuple[list[Check
             lock_timeout_ms=lock_timeout_ms,
             application_name=APPLICATION_NAME,
             connect_timeout_seconds=max(1, int(preflight["postgres_timeout_seconds"])),
+            timeouts_at_startup=False,
         )
     except (MaintenanceError, psycopg.Error) as error:
         if isinstance(error, psycopg.Error):
