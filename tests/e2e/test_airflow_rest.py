@@ -39,6 +39,7 @@ LEDGER = "e2e_ledger"
 ROWS = 40
 # An approval task waits in awaiting_input (Airflow 3.3) or deferred (earlier 3.x releases).
 WAITING_FOR_PERSON = ("awaiting_input", "deferred")
+APPROVAL_DELAY_SECONDS = 5
 
 pytestmark = pytest.mark.airflow
 
@@ -223,6 +224,10 @@ def run_until_approval(api: AirflowApi, conf: dict, choice: str) -> tuple[str, d
         time.sleep(2)
     assert states.get("approve_full_reclaim[-1]") in WAITING_FOR_PERSON, states
     assert states.get("full_reclaim[-1]") in (None, "none", "scheduled")
+    # Answer as a person would, not within a second: in Airflow 3.3.2 a response that arrives before
+    # the executor has reported the paused execution makes the scheduler fail the approval task
+    # ("state changed externally"), as seen in this test under load.
+    time.sleep(APPROVAL_DELAY_SECONDS)
 
     api.send(
         "PATCH",
