@@ -344,16 +344,14 @@ def _flip_back(
         )
         written = cur.fetchone()
         if written is None:
-            ledger.record(
-                cur,
+            _record(
+                conn,
                 schema,
-                attempt_id=attempt_id,
-                run_id=run_id,
-                batch_id=None,
-                table_name=table.qualified_name,
-                row_id=row_id,
-                operation="restore",
-                outcome="changed",
+                table,
+                run_id,
+                attempt_id,
+                row_id,
+                "changed",
                 object_key=key,
                 detail="row changed between read and flip; left as it was",
             )
@@ -364,16 +362,15 @@ def _flip_back(
                 f"Row {row_id}: the assembled value has SHA-256 {written[0]} and {written[1]} bytes, expected "
                 f"{sha256_hex} and {size}; the row stays offloaded."
             )
-        ledger.record(
-            cur,
+        # Same transaction as the UPDATE: _record uses this connection.
+        _record(
+            conn,
             schema,
-            attempt_id=attempt_id,
-            run_id=run_id,
-            batch_id=None,
-            table_name=table.qualified_name,
-            row_id=row_id,
-            operation="restore",
-            outcome="restored",
+            table,
+            run_id,
+            attempt_id,
+            row_id,
+            "restored",
             object_key=key,
             size_bytes=size,
             sha256=sha256_hex,
