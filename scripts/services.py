@@ -6,7 +6,7 @@ made with mktemp under /tmp, because the ``postgres`` user may not be able to tr
 checkout's parents and a unix socket path is limited to 107 bytes.
 
 Usage: ``python scripts/services.py up [postgres|s3|docker|airflow ...]``, ``down``, ``status``.
-After ``up``, ``.local/services.env`` holds shell ``export`` lines for every address and
+After ``up``, ``.local/services.env`` contains shell ``export`` lines for every address and
 credential, including the ``AIRFLOW_CONN_*`` connections.
 """
 
@@ -268,7 +268,7 @@ def s3_ready(port: int) -> bool:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/{S3_BUCKET}", timeout=2)
     except urllib.error.HTTPError as error:
         # 403 means the S3 gateway is up and checks signatures; the bucket exists once it
-        # answers AccessDenied rather than NoSuchBucket.
+        # returns AccessDenied rather than NoSuchBucket.
         return error.code == 403
     return False
 

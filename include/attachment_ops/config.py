@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "multipart_threshold_bytes": 16 * MIB,
         "part_size_bytes": 8 * MIB,
         # Verify every upload by reading it back and hashing it, even when the server returns the
-        # SHA-256 it stored; for servers whose stored checksum is not trusted.
+        # SHA-256 it stored. Use it for servers whose stored checksum is not trusted.
         "verify_read_back": False,
         # Accept the checksum returned by PUT (or CompleteMultipartUpload) as proof of the stored
         # bytes and skip the HEAD, about 12% of a row's time here. Only for servers that check the
@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
         # Safe defaults for a scheduled run: a bounded number of rows and bytes per run.
         "limit": 500,
         # Each mapped task costs Airflow about half a second to start and finish, so batches carry
-        # a few seconds of work at least; max_batch_bytes closes batches of large files first.
+        # a few seconds of work at least. max_batch_bytes closes batches of large files first.
         "batch_rows": 200,
         "max_batch_bytes": 512 * MIB,
         # Stays well under Airflow's [core] max_map_length (1024 by default).

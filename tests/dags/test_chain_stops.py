@@ -56,7 +56,8 @@ def test_preflight_fail_stops_heavy_stages(pg_dsn, pg_schema, bucket, tmp_path):
 
     output = result.stdout + result.stderr
     assert "Preflight stopped the run" in output
-    assert "disk" in output and "free space" in output
+    assert "disk" in output
+    assert "free space" in output
     started = [task_id for task_id in HEAVY_TASKS if f"[DAG TEST] starting task_id={task_id} " in output]
     assert "[DAG TEST] starting task_id=preflight " in output
     assert started == []

@@ -45,7 +45,7 @@ class ResolvedTable:
         return sql.Identifier(getattr(self.mapping, attribute))
 
     def optional_column(self, attribute: str) -> sql.Composable:
-        """The mapped column, or a typed NULL when the mapping leaves it unset."""
+        """Return the mapped column, or a typed NULL when the mapping leaves it unset."""
         name = getattr(self.mapping, attribute)
         if name is None:
             return sql.SQL("NULL::text")
@@ -83,7 +83,7 @@ def resolve_table(conn: psycopg.Connection, mapping: AttachmentMapping) -> Resol
             kinds = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
             raise MappingError(
                 f"{mapping.table!r} is {kinds.get(relkind, f'a relation of kind {relkind!r}')}, not a "
-                "table; offloading needs the base table that holds the bytes."
+                "table; offloading needs the base table that stores the bytes."
             )
         cur.execute(
             "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"

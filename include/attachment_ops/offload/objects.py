@@ -1,4 +1,4 @@
-"""Object keys, upload headers and the checks that prove an object holds the bytes that were read."""
+"""Object keys, upload headers and the checks that prove an object contains the bytes that were read."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def verify_object(
     always_read_back: bool = False,
     upload_checksum: str | None = None,
 ) -> str:
-    """Confirm that ``key`` holds exactly ``size`` bytes with SHA-256 ``sha256_hex``.
+    """Confirm that ``key`` contains exactly ``size`` bytes with SHA-256 ``sha256_hex``.
 
     Uses the server's stored checksum (``expected_checksum``: base64 SHA-256, or the composite
     ``…-N`` form for multipart) when HEAD returns one; otherwise, or with ``always_read_back``,
@@ -139,7 +139,7 @@ def verify_object(
     )
     stored_size = head.get("ContentLength")
     if stored_size != size:
-        raise VerificationError(f"Object {key} holds {stored_size} bytes, expected {size}.")
+        raise VerificationError(f"Object {key} has {stored_size} bytes, expected {size}.")
     stored = head.get("ChecksumSHA256")
     # A server may report a full-object checksum for a multipart upload (or the reverse); when
     # the two forms differ, only a read-back can decide.

@@ -40,7 +40,7 @@ RUN_PARAMETERS = (
 
 @dataclass(frozen=True)
 class OffloadParams:
-    """What one run may move and how. Sizes are bytes; the window is [created_from, created_to)."""
+    """Limits and options of one offload run. Sizes are in bytes, and the window is [created_from, created_to)."""
 
     limit: int
     batch_rows: int

@@ -1,7 +1,7 @@
 """Move offloaded rows back inline, with the same verify-then-flip rule as the offload.
 
 The object is downloaded in chunks into a staging table of the ledger schema (one autocommit
-insert per chunk, so no transaction spans an S3 read and the worker holds one chunk in memory).
+insert per chunk, so no transaction spans an S3 read and the worker keeps one chunk in memory).
 One short transaction then assembles the chunks into the row, checks the assembled value's
 SHA-256 inside Postgres against the ledger, and flips the row back only if it is still the
 offloaded version that was read. Objects are kept after a restore; verification lists them as
@@ -256,11 +256,11 @@ def _restore_row(
         if recorded is not None and recorded["object_key"] == key:
             if size != recorded["size_bytes"] or sha256_hex != recorded["sha256"]:
                 raise VerificationError(
-                    f"Row {row_id}: object {key} holds {size} bytes with SHA-256 {sha256_hex}, but the ledger "
+                    f"Row {row_id}: object {key} has {size} bytes with SHA-256 {sha256_hex}, but the ledger "
                     f"recorded {recorded['size_bytes']} bytes with {recorded['sha256']}; the row stays offloaded."
                 )
         else:
-            log.warning("Row %s has no ledger checksum for %s; restoring what the object holds.", row_id, key)
+            log.warning("Row %s has no ledger checksum for %s; restoring the object as stored.", row_id, key)
         return (
             ("restored", size)
             if _flip_back(

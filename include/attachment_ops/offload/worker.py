@@ -588,8 +588,8 @@ def _upload_multipart(
     except BaseException:
         _abort_upload(context, key, upload_id)
         raise
-    # A CreateMultipartUpload whose answer came after the client's timeout was retried, and the
-    # first upload it made is still open; only this worker writes this key, so abort the rest.
+    # A CreateMultipartUpload whose response came after the client's timeout was retried, so the
+    # first upload it made may still be open. Only this worker writes this key, so abort the rest.
     _abort_stale_uploads(context, key)
     return key, sha256_hex, composite_sha256(part_digests), size, completed.get("ChecksumSHA256")
 

@@ -95,8 +95,8 @@ def full_reclaim(context: dict[str, Any]) -> dict[str, Any]:
     method = params["reclaim"]
     conninfo = postgres_conninfo(config.section("connections")["postgres"])
     unattended = bool(params.get("approve_unattended")) or config.section("reclaim")["unattended_approval"]
-    # This task runs only after the approval step returned Approve, or was skipped as unattended;
-    # an unattended run has no response at all, which is not a rejection.
+    # This task runs only after the approval step returned Approve, or was skipped as unattended.
+    # An unattended run has no response at all, which is not a rejection.
     decision = evaluate_full_reclaim(
         conninfo, config, method, approved=None if unattended else True, unattended=unattended
     )
